@@ -1,0 +1,130 @@
+"""The Layout: every token in physical order, its logical position and its set.
+
+A generation, a teacher-forced replay and an ablation all run the same thing. Visibility
+is causal over physical order, minus (when isolated) every pair of distinct tokens that
+share a `step >= 0`. Positions are free: shared positions, offsets, gaps and fractional
+positions (rotary only) are all just values in `positions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Float, Int
+
+from tempo_lens.errors import TempoError
+
+
+@dataclass(frozen=True)
+class ParallelSet:
+    """One logical step: the kept tokens (descending probability) at one shared position."""
+
+    tokens: list[int]
+    probs: list[float]
+    position: int
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class Layout:
+    """`tokens`, `positions`, `step` — three aligned 1-D tensors of length n.
+
+    `positions` is float only for fractional-position ablations (rotary models)."""
+
+    tokens: Int[torch.Tensor, "n"]
+    positions: Int[torch.Tensor, "n"] | Float[torch.Tensor, "n"]
+    step: Int[torch.Tensor, "n"]
+    _same_set: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n = self.tokens.shape[0]
+        if self.tokens.ndim != 1 or self.positions.shape != (n,) or self.step.shape != (n,):
+            raise TempoError("Layout needs three 1-D tensors of equal length")
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_prompt(cls, prompt_tokens: Sequence[int] | torch.Tensor) -> Layout:
+        toks = torch.as_tensor(prompt_tokens, dtype=torch.long).flatten()
+        if toks.numel() == 0:
+            raise TempoError("the prompt is empty; give at least one token")
+        n = toks.numel()
+        return cls(toks, torch.arange(n), torch.full((n,), -1, dtype=torch.long))
+
+    @classmethod
+    def from_sets(
+        cls, prompt_tokens: Sequence[int] | torch.Tensor, sets: Sequence[Sequence[int]]
+    ) -> Layout:
+        """A TEMPO layout: prompt at 0..P-1, then set i all at position P+i."""
+        layout = cls.from_prompt(prompt_tokens)
+        for members in sets:
+            layout = layout.append_set(members)
+        return layout
+
+    def append_set(self, members: Sequence[int], position: float | None = None) -> Layout:
+        """A new Layout with `members` appended as the next step's set."""
+        if len(members) == 0:
+            raise TempoError("a parallel set needs at least one token")
+        k = len(members)
+        if position is None:
+            position = self.next_position
+        step = self.n_steps
+        return Layout(
+            torch.cat([self.tokens, torch.as_tensor(list(members), dtype=torch.long)]),
+            torch.cat([self.positions, torch.full((k,), position, dtype=self.positions.dtype)]),
+            torch.cat([self.step, torch.full((k,), step, dtype=torch.long)]),
+        )
+
+    # -- queries ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def n_prompt(self) -> int:
+        return int((self.step < 0).sum())
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.step.max().item()) + 1 if len(self) and self.step.max() >= 0 else 0
+
+    @property
+    def next_position(self) -> int:
+        return int(self.positions.max().item()) + 1
+
+    def set_slice(self, step: int) -> slice:
+        """Physical indices of step `step`'s set (sets are contiguous)."""
+        idx = (self.step == step).nonzero().flatten()
+        if idx.numel() == 0:
+            raise TempoError(f"layout has no step {step} (it has {self.n_steps})")
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+
+    def prefix(self, n: int) -> Layout:
+        """The first `n` physical tokens."""
+        return Layout(self.tokens[:n], self.positions[:n], self.step[:n])
+
+    def same_set(self) -> Bool[torch.Tensor, "n n"]:
+        """`[i, j]` True where i != j belong to the same generated set (cached)."""
+        if self._same_set is None:
+            s = self.step
+            same = (s[:, None] == s[None, :]) & (s[:, None] >= 0)
+            same.fill_diagonal_(False)
+            self._same_set = same
+        return self._same_set
+
+    def attention_mask(self, isolate: bool) -> Bool[torch.Tensor, "n n"]:
+        """`[q, k]` True where query q may attend to key k."""
+        n = len(self)
+        allowed = torch.ones(n, n, dtype=torch.bool).tril()
+        if isolate:
+            allowed &= ~self.same_set()
+        return allowed
+
+    def to_dict(self) -> dict[str, list]:
+        return {
+            "tokens": self.tokens.tolist(),
+            "positions": self.positions.tolist(),
+            "step": self.step.tolist(),
+        }

