@@ -166,7 +166,6 @@ def isolation_hooks(
     additive mask is built once per (query block, key length) and shared by all layers.
     """
     same = layout.same_set()
-    n = len(layout)
     per_layer_heads: Mapping[int, Iterable[int]] | None = None
     if isinstance(heads, Mapping):
         per_layer_heads = heads

@@ -35,9 +35,9 @@ class Layout:
 
     `positions` is float only for fractional-position ablations (rotary models)."""
 
-    tokens: Int[torch.Tensor, "n"]
-    positions: Int[torch.Tensor, "n"] | Float[torch.Tensor, "n"]
-    step: Int[torch.Tensor, "n"]
+    tokens: Int[torch.Tensor, "n_tokens"]
+    positions: Int[torch.Tensor, "n_tokens"] | Float[torch.Tensor, "n_tokens"]
+    step: Int[torch.Tensor, "n_tokens"]
     _same_set: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -105,7 +105,7 @@ class Layout:
         """The first `n` physical tokens."""
         return Layout(self.tokens[:n], self.positions[:n], self.step[:n])
 
-    def same_set(self) -> Bool[torch.Tensor, "n n"]:
+    def same_set(self) -> Bool[torch.Tensor, "n_tokens n_tokens"]:
         """`[i, j]` True where i != j belong to the same generated set (cached)."""
         if self._same_set is None:
             s = self.step
@@ -114,7 +114,7 @@ class Layout:
             self._same_set = same
         return self._same_set
 
-    def attention_mask(self, isolate: bool) -> Bool[torch.Tensor, "n n"]:
+    def attention_mask(self, isolate: bool) -> Bool[torch.Tensor, "n_tokens n_tokens"]:
         """`[q, k]` True where query q may attend to key k."""
         n = len(self)
         allowed = torch.ones(n, n, dtype=torch.bool).tril()
