@@ -1,0 +1,1 @@
+"""Metrics, statistics, experiments and ablations built on the public tempo_lens API."""

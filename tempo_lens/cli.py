@@ -1,0 +1,199 @@
+"""`tempo-lens` command line: argument parsing and messages only.
+
+Every subcommand is a `(name, add_arguments, run)` triple in `COMMANDS`. Library errors
+(`TempoError`) become one-line messages with exit code 2; nothing else is caught here, so
+a real bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tempo_lens.errors import TempoError
+
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[Any], int]]
+
+
+def _quiet() -> None:
+    """Keep library chatter (TL's 'Moving model to device', HF warnings) off the screen."""
+    import logging
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    logging.getLogger("root").setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+
+
+def load_model_quietly(name: str | None, device: str | None = None) -> Any:
+    import contextlib
+    import io
+
+    from tempo_lens.loading import load_model
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return load_model(name, device=device)
+
+
+def check_out_dir(out: str | None) -> None:
+    """Fail before any work when --out cannot be written."""
+    if out is None:
+        return
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise TempoError(f"--out {out} is a file; give a directory path")
+    parent = target.resolve().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise TempoError(f"--out {out}: {probe} is not writable; choose another --out")
+
+
+# -- info ---------------------------------------------------------------------------------
+
+
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=None, help="model (default: embedded SmolLM2)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _info(args: Any) -> int:
+    import time
+
+    from tempo_lens.loading import describe
+
+    t0 = time.perf_counter()
+    model = load_model_quietly(args.model)
+    info = describe(model) | {"load_seconds": round(time.perf_counter() - t0, 2)}
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        width = max(len(k) for k in info)
+        for k, v in info.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+# -- generate -----------------------------------------------------------------------------
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt")
+    p.add_argument("--threshold", type=float, default=0.1, help="keep tokens with p >= this")
+    p.add_argument("--max-steps", type=int, default=15, help="logical steps (default 15)")
+    p.add_argument("--visible", action="store_true", help="let set members see each other")
+    p.add_argument("--next-from", default="mixture", help="mixture (default), last or first")
+    p.add_argument("--max-parallel", type=int, default=None, help="cap on set size")
+    p.add_argument("--model", default=None, help="model (default: embedded SmolLM2)")
+    p.add_argument("--cache", nargs="*", default=None, help="hooks to capture, e.g. hook_pattern")
+    p.add_argument("--out", default=None, help="save the run to this directory")
+    p.add_argument("--json", action="store_true", help="print the run as JSON")
+
+
+def _generate(args: Any) -> int:
+    from tempo_lens.generate import _validate, generate
+
+    _validate(args.threshold, args.max_steps, args.next_from, args.max_parallel)
+    if not args.prompt.strip():
+        raise TempoError("the prompt is empty; pass some text")
+    check_out_dir(args.out)
+    model = load_model_quietly(args.model)
+    run = generate(
+        model,
+        args.prompt,
+        threshold=args.threshold,
+        max_steps=args.max_steps,
+        isolate=not args.visible,
+        next_from=args.next_from,
+        max_parallel=args.max_parallel,
+        cache=args.cache,
+        progress=sys.stderr.isatty(),
+    )
+    if args.out:
+        run.save(args.out)
+    if args.json:
+        print(json.dumps(run.to_json(), indent=1))
+        return 0
+    print(args.prompt + run.text(color=sys.stdout.isatty()))
+    s = run.stats()
+    line = (
+        f"steps {s['steps']} | physical tokens {s['physical_tokens']} | max set "
+        f"{s['max_set_size']} | {s['seconds']:.2f} s | {s['steps_per_s']} steps/s | "
+        f"{'isolated' if not args.visible else 'visible'} | stop: {s['stop_reason']}"
+    )
+    if args.out:
+        line += f" | saved to {args.out}"
+    print(line)
+    return 0
+
+
+COMMANDS: list[Command] = [
+    ("info", "describe a model (layers, heads, positions, load time)", _info_args, _info),
+    ("generate", "generate with TEMPO and print bracket text", _generate_args, _generate),
+]
+
+
+def _register_optional() -> None:
+    """Subcommands that live beside their feature modules."""
+    import importlib
+
+    for module in (
+        "tempo_lens.analysis.cli",
+        "tempo_lens.viz.cli",
+        "tempo_lens.bench",
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name and module.startswith(err.name):
+                continue
+            raise
+        for cmd in getattr(mod, "COMMANDS", []):
+            if cmd[0] not in {c[0] for c in COMMANDS}:
+                COMMANDS.append(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tempo_lens import __version__
+
+    _register_optional()
+    parser = argparse.ArgumentParser(
+        prog="tempo-lens",
+        description="TEMPO parallel-token generation on TransformerLens",
+    )
+    parser.add_argument("--version", action="version", version=f"tempo-lens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text, add_args, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TempoError as err:
+        print(f"tempo-lens: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tempo-lens: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
