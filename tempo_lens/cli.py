@@ -46,15 +46,23 @@ def check_out_dir(out: str | None) -> None:
     """Fail before any work when --out cannot be written."""
     if out is None:
         return
+    import tempfile
+
     target = Path(out)
     if target.exists() and not target.is_dir():
         raise TempoError(f"--out {out} is a file; give a directory path")
-    parent = target.resolve().parent
-    probe = parent
+    probe = target.resolve().parent
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise TempoError(f"--out {out}: {probe} is not writable; choose another --out")
+    if not probe.is_dir():
+        raise TempoError(f"--out {out}: {probe} is a file, not a directory; choose another --out")
+    try:  # a real write: permission bits say little when running as root
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise TempoError(
+            f"--out {out}: cannot write in {probe} ({err.strerror}); choose another --out"
+        ) from err
 
 
 # -- info ---------------------------------------------------------------------------------

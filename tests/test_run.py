@@ -1,0 +1,86 @@
+"""TempoRun: bracket text, save/load round trip (JSON + safetensors, atomic)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tempo_lens as tl
+from tempo_lens.run import write_atomic_dir
+
+
+def _run(model, **kw):
+    return tl.generate(model, "The cat sat", threshold=0.1, max_steps=6, eos_token_id=None, **kw)
+
+
+def test_bracket_text_format(tiny_pair):
+    model, _, _ = tiny_pair
+    run = _run(model)
+    text = run.text()
+    assert "\033[" not in text
+    assert run.text(color=True).count("\033[36m[") == sum(len(s) > 1 for s in run.steps)
+    tops = [run.token_strs[run.layout.set_slice(i).start] for i in range(len(run.steps))]
+    assert run.clean_text() == "".join(tops)
+
+
+def test_bracket_text_hoists_common_space():
+    layout = tl.Layout.from_sets([1], [[7], [8, 9, 10]])
+    run = tl.TempoRun(
+        prompt="p",
+        model_name="m",
+        config={},
+        layout=layout,
+        steps=[tl.ParallelSet([7], [0.9], 1), tl.ParallelSet([8, 9, 10], [0.3, 0.2, 0.1], 2)],
+        token_strs=["p", " windowsill", " The", " She", " It"],
+        topk_ids=torch.zeros(2, 20, dtype=torch.long),
+        topk_probs=torch.zeros(2, 20),
+        stop_reason="max_steps",
+        seconds=1.0,
+    )
+    assert run.text() == " windowsill [The/She/It]"
+    assert run.clean_text() == " windowsill The"
+
+
+def test_save_load_round_trip(tiny_pair, tmp_path):
+    model, _, _ = tiny_pair
+    run = _run(model, cache=["blocks.0.attn.hook_pattern", "hook_resid_post"], keep_logits=True)
+    run.save(tmp_path / "r")
+    back = tl.load_run(tmp_path / "r")
+    assert back.text() == run.text() and back.steps == run.steps
+    assert torch.equal(back.layout.tokens, run.layout.tokens)
+    assert torch.equal(back.layout.positions, run.layout.positions)
+    assert torch.equal(back.topk_probs, run.topk_probs)
+    for name, acts in run.activations.items():
+        assert all(torch.equal(a, b) for a, b in zip(acts, back.activations[name], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(run.logits, back.logits, strict=True))
+    meta = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert meta["format_version"] == 1 and meta["stats"]["steps"] == 6
+    # overwrite in place keeps exactly one run there
+    run.save(tmp_path / "r")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    def boom(d):
+        (d / "half.json").write_text("{")
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_atomic_dir(tmp_path / "out", boom)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_run_errors(tmp_path):
+    with pytest.raises(tl.TempoError, match="is not a saved run"):
+        tl.load_run(tmp_path)
+
+
+def test_topk_is_the_selection_distribution(tiny_pair):
+    model, _, _ = tiny_pair
+    run = _run(model)
+    for step, ps in enumerate(run.steps):
+        top = run.topk_ids[step].tolist()
+        assert top[: len(ps)] == ps.tokens  # members are the most probable tokens
+        assert torch.allclose(run.topk_probs[step, : len(ps)], torch.tensor(ps.probs))
