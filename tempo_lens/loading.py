@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -75,9 +76,17 @@ def _rotary_fields(hf_config: Any, d_head: int) -> dict[str, Any]:
             NTK_by_parts_factor=rope.get("factor", 1.0),
         )
     elif rope_type == "yarn":
+        factor = rope.get("factor", 1.0)
+        if rope.get("mscale") or rope.get("mscale_all_dim"):
+            raise ModelLoadError("YaRN with mscale/mscale_all_dim is not supported")
+        attention_factor = rope.get("attention_factor")
+        if attention_factor is None:
+            attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
         fields.update(
             use_yarn_rope=True,
-            yarn_factor=rope.get("factor", 1.0),
+            yarn_factor=factor,
+            yarn_attention_factor=attention_factor,
+            yarn_truncate=rope.get("truncate", True),
             yarn_original_max_position_embeddings=rope.get(
                 "original_max_position_embeddings", hf_config.max_position_embeddings
             ),

@@ -20,6 +20,23 @@ import torch
 from transformer_lens import HookedTransformer
 
 KINDS = ("llama", "neox", "gpt2")
+# Llama-like models with scaled RoPE, as the seeds' Llama-3.2 model has (llama3 type).
+ROPE_VARIANTS = {
+    "llama3rope": {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    },
+    "yarnrope": {
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
+}
 _CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 VOCAB_SIZE = len(SPECIALS) + len(_CHARS)
@@ -65,6 +82,19 @@ def tiny_hf_model(kind: str = "llama", seed: int = 0) -> tuple[Any, Any]:
             **common,
         )
         cls = tf.LlamaForCausalLM
+    elif kind in ROPE_VARIANTS:
+        config = tf.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            rope_parameters=ROPE_VARIANTS[kind],
+            **common,
+        )
+        cls = tf.LlamaForCausalLM
     elif kind == "neox":
         config = tf.GPTNeoXConfig(
             hidden_size=64,
@@ -83,7 +113,9 @@ def tiny_hf_model(kind: str = "llama", seed: int = 0) -> tuple[Any, Any]:
         )
         cls = tf.GPT2LMHeadModel
     else:
-        raise ValueError(f"unknown tiny model kind {kind!r}; use one of {KINDS}")
+        raise ValueError(
+            f"unknown tiny model kind {kind!r}; use one of {KINDS + tuple(ROPE_VARIANTS)}"
+        )
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = cls(config)

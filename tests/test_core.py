@@ -279,3 +279,17 @@ def test_head_and_layer_schedules(tiny_pair):
     heads = tl.isolation_hooks(layout, heads={0: [0, 1]})
     partial, _ = tl.forward(model, layout, isolate=False, fwd_hooks=heads)
     assert not torch.equal(partial, full) and not torch.equal(partial, vis)
+
+
+@pytest.mark.parametrize("kind", ["llama3rope", "yarnrope"])
+def test_oracle_scaled_rope(kind):
+    """NTK-by-parts (Llama 3, the seeds' model family) and YaRN frequencies stay exact:
+    the position hook reads them off TL's own tables. The prompt runs past the original
+    context length, where the scaling matters."""
+    from tempo_lens.testing import tiny_hf_model, tiny_model
+
+    model, (hf, _) = tiny_model(kind), tiny_hf_model(kind)
+    long_prompt = "The cat sat on the mat and then it went away to the garden where it slept"
+    run = tl.generate(model, long_prompt, threshold=0.1, max_steps=10, eos_token_id=None)
+    assert run.layout.n_prompt > 64 and sum(len(s) > 1 for s in run.steps) >= 3
+    _check_oracle(model, hf, run, 1e-3)
