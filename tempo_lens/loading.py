@@ -279,19 +279,31 @@ def _restride(p: torch.nn.Parameter, order: tuple[int, ...]) -> None:
 def optimize_weight_layout(model: HookedTransformer) -> HookedTransformer:
     """Store every weight in the memory order its forward reads it.
 
-    TL's MLP and unembed call `W.T.contiguous()` on every forward and its attention
+    TL's gated MLP and unembed call `W.T.contiguous()` on every forward and its attention
     rearranges W_Q/W_K/W_V/W_O into `(head d_head) x d_model` matrices: with the default
     row-major storage each of those is a full weight copy per call. Same shapes, same
     values, different strides: the copies become views and the logits stay bit-identical.
+    (TL's plain MLP feeds `W_in`/`W_out` to `addmm` as they are, so they keep row-major.)
     """
-    for name, p in model.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf in ("W_in", "W_gate", "W_out", "W_U"):
-            _restride(p, (1, 0))
-        elif leaf in ("W_Q", "W_K", "W_V", "_W_K", "_W_V"):
-            _restride(p, (0, 2, 1))  # read as [head, d_head, d_model]
-        elif leaf == "W_O":
-            _restride(p, (2, 0, 1))  # read as [d_model, head, d_head]
+    from transformer_lens.components import Unembed
+    from transformer_lens.components.abstract_attention import AbstractAttention
+    from transformer_lens.components.mlps.gated_mlp import GatedMLP
+
+    orders = {
+        GatedMLP: {"W_in": (1, 0), "W_gate": (1, 0), "W_out": (1, 0)},
+        Unembed: {"W_U": (1, 0)},
+        AbstractAttention: {
+            # read as [head, d_head, d_model]
+            **dict.fromkeys(("W_Q", "W_K", "W_V", "_W_K", "_W_V"), (0, 2, 1)),
+            "W_O": (2, 0, 1),  # read as [d_model, head, d_head]
+        },
+    }
+    for module in model.modules():
+        for cls, params in orders.items():
+            if isinstance(module, cls):
+                for name, p in module.named_parameters(recurse=False):
+                    if name in params:
+                        _restride(p, params[name])
     return model
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -11,6 +12,9 @@ from tempo_lens.testing import tiny_hf_model, tiny_model
 
 warnings.filterwarnings("ignore")
 torch.set_grad_enabled(False)
+
+# Run the tiny-model suite on another device (e.g. TEMPO_LENS_TEST_DEVICE=cuda on a GPU box).
+DEVICE = os.environ.get("TEMPO_LENS_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session", params=["llama", "neox", "gpt2"])
@@ -22,7 +26,7 @@ def tiny_kind(request):
 def tiny_pair(tiny_kind):
     """(HookedTransformer, HF model, tokenizer) of one tiny kind, same weights."""
     hf, tok = tiny_hf_model(tiny_kind)
-    return tiny_model(tiny_kind), hf, tok
+    return tiny_model(tiny_kind).to(DEVICE), hf.to(DEVICE), tok
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,6 @@ def tempo_inputs(prompt: list[int], sets: list[list[int]], isolate: bool):
 
 
 def hf_tempo_logits(hf, prompt: list[int], sets: list[list[int]], isolate: bool):
-    ids, pos, mask = tempo_inputs(prompt, sets, isolate)
+    ids, pos, mask = (t.to(hf.device) for t in tempo_inputs(prompt, sets, isolate))
     with torch.no_grad():
         return hf(input_ids=ids, position_ids=pos, attention_mask=mask).logits

@@ -92,7 +92,7 @@ def _check_branches(model, run, tol):
         for j, token in enumerate(layout.tokens[sl].tolist()):
             alone = before.append_set([token], position=int(layout.positions[sl.start]))
             ref, _ = tl.forward(model, alone, isolate=True)
-            assert (rows[j] - ref[0, -1]).abs().max().item() < tol
+            assert (rows[j] - ref[0, -1].cpu()).abs().max().item() < tol
 
 
 def test_branch_equivalence_tiny(tiny_pair):
@@ -200,7 +200,7 @@ def test_capture_matches_replay(tiny_pair):
     model, _, _ = tiny_pair
     run = _tiny_run(model, cache=["blocks.0.attn.hook_pattern"])
     _, cache = tl.forward(model, run.layout, isolate=True, cache=["blocks.0.attn.hook_pattern"])
-    full = cache["blocks.0.attn.hook_pattern"][0]
+    full = cache["blocks.0.attn.hook_pattern"][0].cpu()
     for step in range(len(run.steps)):
         sl = run.layout.set_slice(step)
         got = run.activations["blocks.0.attn.hook_pattern"][step + 1]
@@ -288,7 +288,10 @@ def test_oracle_scaled_rope(kind):
     context length, where the scaling matters."""
     from tempo_lens.testing import tiny_hf_model, tiny_model
 
-    model, (hf, _) = tiny_model(kind), tiny_hf_model(kind)
+    from tests.conftest import DEVICE
+
+    model, (hf, _) = tiny_model(kind).to(DEVICE), tiny_hf_model(kind)
+    hf.to(DEVICE)
     long_prompt = "The cat sat on the mat and then it went away to the garden where it slept"
     run = tl.generate(model, long_prompt, threshold=0.1, max_steps=10, eos_token_id=None)
     assert run.layout.n_prompt > 64 and sum(len(s) > 1 for s in run.steps) >= 3

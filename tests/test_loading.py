@@ -76,7 +76,7 @@ def test_layout_fix_is_bit_identical_embedded(embedded):
 
 def test_tiny_models_match_their_hf_twins(tiny_pair):
     model, hf, tok = tiny_pair
-    ids = torch.tensor([tok("Hello there")["input_ids"]])
+    ids = torch.tensor([tok("Hello there")["input_ids"]], device=hf.device)
     assert (model(ids) - hf(ids).logits).abs().max().item() < 1e-4
 
 
