@@ -57,18 +57,30 @@ class TempoRun:
         sl = self.layout.set_slice(step)
         return self.token_strs[sl]
 
+    def bracket_parts(self) -> list[tuple[str, list[str], list[float]]]:
+        """Per step: (leading whitespace shared by all members, member strings without
+        it, member probabilities). Single-member steps keep their whole string. The one
+        source of every bracket rendering (terminal text, HTML report)."""
+        parts = []
+        for i, ps in enumerate(self.steps):
+            strs = self.step_strs(i)
+            if len(ps) == 1:
+                parts.append(("", strs, ps.probs))
+                continue
+            lead = _common_leading_space(strs)
+            parts.append((lead, [_visible(s[len(lead) :]) for s in strs], ps.probs))
+        return parts
+
     def text(self, color: bool = False) -> str:
         """Bracket text of the generation: `[a/b/c]` for multi-member sets, e.g.
         `" windowsill[,/.] [The/She/It]"`. Whitespace shared by all members is written
         once, before the bracket."""
         out = []
-        for i, ps in enumerate(self.steps):
-            strs = self.step_strs(i)
-            if len(ps) == 1:
-                out.append(strs[0])
+        for lead, members, _ in self.bracket_parts():
+            if len(members) == 1:
+                out.append(members[0])
                 continue
-            lead = _common_leading_space(strs)
-            body = "[" + "/".join(_visible(s[len(lead) :]) for s in strs) + "]"
+            body = "[" + "/".join(members) + "]"
             out.append(lead + (ANSI_SET + body + ANSI_RESET if color else body))
         return "".join(out)
 

@@ -1,0 +1,103 @@
+"""`tempo-lens report`: one self-contained HTML file for a run or an experiment directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tempo_lens.errors import TempoError
+from tempo_lens.viz.report import ATTENTION_RUNS, BUDGET_MB, MAX_LAYERS, build_report, write_report
+
+
+def _parse_layers(text: str | None) -> list[int] | None:
+    if text is None or text == "all":
+        return None
+    try:
+        layers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise TempoError(
+            f"--layers takes comma-separated integers or 'all', got {text!r}"
+        ) from None
+    if not layers:
+        raise TempoError("--layers is empty; give e.g. 0,4,8 or 'all'")
+    return layers
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="RUN_OR_EXPERIMENT_DIR")
+    p.add_argument("--out", default=None, help="HTML file (default: DIR/report.html)")
+    p.add_argument(
+        "--model", default=None, help="model to replay attention on (default: the run's)"
+    )
+    p.add_argument(
+        "--layers", default=None, help="e.g. 0,4,8 or 'all' (default: all, cut to --max-layers)"
+    )
+    p.add_argument("--max-layers", type=int, default=MAX_LAYERS, help=f"default {MAX_LAYERS}")
+    p.add_argument(
+        "--budget-mb", type=float, default=BUDGET_MB, help=f"inlined data (default {BUDGET_MB:g})"
+    )
+    p.add_argument(
+        "--attention-runs",
+        type=int,
+        default=ATTENTION_RUNS,
+        help="experiment dirs: runs with attention",
+    )
+    p.add_argument("--no-attention", action="store_true", help="skip attention (no model load)")
+    p.add_argument("--screenshot", default=None, help="also save a PNG taken in headless Chromium")
+
+
+def _report(args: Any) -> int:
+    from tempo_lens.cli import load_model_quietly
+    from tempo_lens.loading import EMBEDDED_NAME
+
+    src = Path(args.path)
+    if not src.exists():
+        raise TempoError(
+            f"{src} does not exist; pass a run directory (tempo-lens generate --out DIR) "
+            "or an experiment directory"
+        )
+    if args.max_layers < 1:
+        raise TempoError(f"--max-layers must be >= 1, got {args.max_layers}")
+    out = Path(args.out) if args.out else (src / "report.html" if src.is_dir() else None)
+    if out is not None and out.is_dir():
+        raise TempoError(f"--out {out} is a directory; give a file path like report.html")
+
+    def load(name: str) -> Any:
+        wanted = args.model or (None if name == EMBEDDED_NAME else name)
+        return load_model_quietly(wanted)
+
+    html_text = build_report(
+        src,
+        load=load,
+        layers=_parse_layers(args.layers),
+        max_layers=args.max_layers,
+        budget_mb=args.budget_mb,
+        attention=not args.no_attention,
+        attention_runs=args.attention_runs,
+        on_note=lambda text: print(f"tempo-lens: note: {text}", file=sys.stderr),
+    )
+    assert out is not None  # build_report rejected a non-directory path
+    path = write_report(html_text, out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if args.screenshot:
+        from tempo_lens.viz.browser import check_page
+
+        page = check_page(path, args.screenshot)
+        problems = page.errors + [m["message"] for m in page.console_errors]
+        print(f"screenshot {page.screenshot} ({len(page.roots)} circuitsvis views drawn)")
+        for msg in problems:
+            print(f"tempo-lens: browser: {msg}", file=sys.stderr)
+        return 1 if problems else 0
+    return 0
+
+
+COMMANDS = [
+    (
+        "report",
+        "write one self-contained HTML report of a run or experiment",
+        _report_args,
+        _report,
+    ),
+]
