@@ -296,3 +296,13 @@ def test_oracle_scaled_rope(kind):
     run = tl.generate(model, long_prompt, threshold=0.1, max_steps=10, eos_token_id=None)
     assert run.layout.n_prompt > 64 and sum(len(s) > 1 for s in run.steps) >= 3
     _check_oracle(model, hf, run, 1e-3)
+
+
+def test_hook_lists_compose_with_plain_run_with_hooks(tiny_pair):
+    """The documented recipe: position + isolation hooks on TL's own run_with_hooks."""
+    model, _, tok = tiny_pair
+    layout = tl.Layout.from_sets(tok("The cat")["input_ids"], [[10, 11, 12], [13, 14]])
+    hooks = tl.position_hooks(model, layout) + tl.isolation_hooks(layout)
+    plain = model.run_with_hooks(layout.tokens[None].to(model.cfg.device), fwd_hooks=hooks)
+    ours, _ = tl.forward(model, layout, isolate=True)
+    assert torch.equal(plain, ours)
