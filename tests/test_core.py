@@ -287,7 +287,6 @@ def test_oracle_scaled_rope(kind):
     the position hook reads them off TL's own tables. The prompt runs past the original
     context length, where the scaling matters."""
     from tempo_lens.testing import tiny_hf_model, tiny_model
-
     from tests.conftest import DEVICE
 
     model, (hf, _) = tiny_model(kind).to(DEVICE), tiny_hf_model(kind)
