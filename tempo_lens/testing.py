@@ -70,42 +70,21 @@ def tiny_hf_model(kind: str = "llama", seed: int = 0) -> tuple[Any, Any]:
     import transformers as tf
 
     common = dict(vocab_size=VOCAB_SIZE, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    if kind == "llama":
-        config = tf.LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
-            **common,
-        )
-        cls = tf.LlamaForCausalLM
-    elif kind in ROPE_VARIANTS:
-        config = tf.LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
-            rope_parameters=ROPE_VARIANTS[kind],
-            **common,
-        )
+    rotary = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        **common,
+    )
+    if kind == "llama" or kind in ROPE_VARIANTS:
+        rope = {"rope_parameters": ROPE_VARIANTS[kind]} if kind in ROPE_VARIANTS else {}
+        config = tf.LlamaConfig(num_key_value_heads=2, **rope, **rotary)
         cls = tf.LlamaForCausalLM
     elif kind == "neox":
-        config = tf.GPTNeoXConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=256,
-            rotary_pct=0.5,
-            tie_word_embeddings=False,
-            **common,
-        )
+        config = tf.GPTNeoXConfig(rotary_pct=0.5, **rotary)
         cls = tf.GPTNeoXForCausalLM
     elif kind == "gpt2":
         config = tf.GPT2Config(
