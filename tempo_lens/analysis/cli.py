@@ -1,0 +1,62 @@
+"""`tempo-lens experiment` and `tempo-lens findings` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment config (YAML), e.g. experiments/exp1_attention.yaml")
+    p.add_argument("--out", default=None, help="output directory (default runs/experiments/NAME)")
+    p.add_argument("--model", default=None, help="model, overriding the config's model:")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _experiment(args: Any) -> int:
+    from tempo_lens.analysis.config import load_config
+    from tempo_lens.analysis.experiment import default_out, run_experiment
+    from tempo_lens.cli import check_out_dir
+
+    section = load_config(args.config)
+    if args.model is not None:
+        section["model"] = args.model
+    out = Path(args.out) if args.out else default_out(section)
+    check_out_dir(str(out))
+    summary = run_experiment(section, out, progress=not args.no_progress)
+    t = summary["timing"]
+    print(
+        f"{section['name']} ({section['kind']}): wrote {out}/summary.json, report.md, "
+        f"config.yaml, runs/ | {t.get('generated_runs', 0)} runs generated, "
+        f"{t.get('skipped_runs', 0)} reused | {t['wall_seconds']:.1f} s"
+    )
+    return 0
+
+
+def _findings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="sweep output directory (holds summary.json)")
+    p.add_argument("experiments", nargs="*", help="further experiment output directories")
+    p.add_argument("--out", default="docs/findings.md", help="markdown file to write")
+
+
+def _findings(args: Any) -> int:
+    from tempo_lens.analysis.findings import write_findings
+
+    path = write_findings(
+        Path(args.sweep), [Path(e) for e in args.experiments], Path(args.out), argv=sys.argv
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = [
+    (
+        "experiment",
+        "run an experiment config (YAML) into an output directory",
+        _experiment_args,
+        _experiment,
+    ),
+    ("findings", "write docs/findings.md from a sweep's summary.json", _findings_args, _findings),
+]

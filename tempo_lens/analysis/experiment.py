@@ -1,0 +1,307 @@
+"""The experiment runner: config in, one output directory out.
+
+`run_experiment(config, out)` validates the config (`config.resolve`), loads the model,
+calls the kind registered under `kind:` and writes into `out`:
+
+- `config.yaml` (the resolved config), `summary.json` (every figure), `report.md`,
+- `runs/<id>/` (each run, `TempoRun.save`, loadable with `load_run`), PNG plots.
+
+Everything is written into a hidden staging directory beside `out` and renamed into
+place at the end, so `out` is never half-written. Runs are saved one by one as they
+finish; an interrupted experiment resumes from the staging directory (or from a finished
+`out`) and skips every run already on disk whose prompt and settings match.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tempo_lens.analysis.registry import KINDS, ExperimentFn
+from tempo_lens.errors import TempoError
+from tempo_lens.generate import generate
+from tempo_lens.run import TempoRun, load_run
+
+KIND_MODULES = (
+    "tempo_lens.analysis.kinds",
+    "tempo_lens.analysis.sweep",
+    "tempo_lens.analysis.ablations",
+)
+
+
+def kinds() -> dict[str, ExperimentFn]:
+    """Every registered kind, after importing the modules that define them (the
+    ablations module is optional)."""
+    for module in KIND_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+    return KINDS
+
+
+# ---------------------------------------------------------------------------------------
+# Runs: the grid of (prompt, mode, threshold, next_from), resumable
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    prompt_id: str
+    category: str
+    prompt: str
+    mode: str
+    threshold: float
+    next_from: str
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.prompt_id}-{self.mode[:3]}-t{self.threshold:g}-{self.next_from}"
+
+    @property
+    def isolate(self) -> bool:
+        return self.mode == "isolated"
+
+
+def grid(
+    section: dict[str, Any], modes: Iterable[str] | None = None, order: str = "prompt"
+) -> list[RunSpec]:
+    """Every run of the config, modes innermost (an interrupted sweep leaves complete
+    pairs). `order="prompt"`: all settings of prompt 0, then prompt 1, ...;
+    `order="config"`: every prompt at the first (threshold, next_from), then the next,
+    in the order the config lists them — a cut-short sweep then has the whole suite for
+    its first settings."""
+    modes = list(modes or section["modes"])
+    settings = [(float(t), nf) for t in section["thresholds"] for nf in section["next_from"]]
+    prompts = section["prompts"]
+    if order == "config":
+        keys = [(s, p) for s in settings for p in prompts]
+    else:
+        keys = [(s, p) for p in prompts for s in settings]
+    return [
+        RunSpec(p["id"], p["category"], p["text"], mode, t, nf)
+        for (t, nf), p in keys
+        for mode in modes
+    ]
+
+
+def _matches(run_dir: Path, spec: RunSpec, section: dict[str, Any]) -> bool:
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    c = meta.get("config", {})
+    return (
+        meta.get("prompt") == spec.prompt
+        and c.get("isolate") == spec.isolate
+        and c.get("threshold") == spec.threshold
+        and c.get("next_from") == spec.next_from
+        and c.get("max_steps") == section["max_steps"]
+        and c.get("max_parallel") == section["max_parallel"]
+    )
+
+
+def ensure_runs(
+    model: Any,
+    section: dict[str, Any],
+    out_dir: Path,
+    progress: bool,
+    *,
+    modes: Iterable[str] | None = None,
+    cache: list[str] | None = None,
+    keep_logits: bool = False,
+    deadline: float | None = None,
+    order: str = "prompt",
+) -> dict[str, TempoRun]:
+    """Generate every run of the grid that is not already saved under `out_dir/runs/`,
+    saving each atomically as it finishes; return all of them as loaded from disk (so
+    the analysis always sees exactly what a later re-run will see).
+
+    `deadline` (a `time.perf_counter()` value) stops starting new runs once passed; the
+    runs not made are then simply absent from the result (a re-run resumes them)."""
+    specs = grid(section, modes, order)
+    runs_dir = out_dir / "runs"
+    eos = -1 if section["stop_at_eos"] else None
+    todo = [s for s in specs if not _matches(runs_dir / s.run_id, s, section)]
+    section.setdefault("_bookkeeping", {"generated_runs": 0, "skipped_runs": 0})
+    section["_bookkeeping"]["generated_runs"] += len(todo)
+    section["_bookkeeping"]["skipped_runs"] += len(specs) - len(todo)
+    for spec in _bar(todo, progress, "runs"):
+        if deadline is not None and time.perf_counter() > deadline:
+            section["_bookkeeping"]["generated_runs"] -= 1
+            section["_bookkeeping"]["stopped_by_time_budget"] = True
+            continue
+        run = generate(
+            model,
+            spec.prompt,
+            threshold=spec.threshold,
+            max_steps=section["max_steps"],
+            isolate=spec.isolate,
+            next_from=spec.next_from,
+            max_parallel=section["max_parallel"],
+            cache=cache,
+            keep_logits=keep_logits,
+            eos_token_id=eos,
+        )
+        run.save(runs_dir / spec.run_id)
+    return {
+        s.run_id: load_run(runs_dir / s.run_id) for s in specs if (runs_dir / s.run_id).is_dir()
+    }
+
+
+def pairs(section: dict[str, Any], order: str = "prompt") -> Iterator[tuple[RunSpec, RunSpec]]:
+    """(isolated, visible) specs of the same prompt, threshold and next_from."""
+    specs = grid(section, ["isolated", "visible"], order)
+    for i in range(0, len(specs), 2):
+        yield specs[i], specs[i + 1]
+
+
+def _bar(items: list[Any], enabled: bool, unit: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, disable=not enabled, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
+def bar(items: list[Any], enabled: bool, unit: str) -> Any:
+    """A tqdm progress bar on stderr (disabled when `enabled` is False)."""
+    return _bar(items, enabled, unit)
+
+
+# ---------------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------------
+
+
+def default_out(section: dict[str, Any]) -> Path:
+    return Path("runs") / "experiments" / section["name"]
+
+
+def staging_dir(out: Path) -> Path:
+    return out.resolve().parent / f".{out.name}.partial"
+
+
+def run_experiment(
+    section: dict[str, Any],
+    out: Path | None = None,
+    *,
+    model: Any = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run one resolved experiment section into `out` (default runs/experiments/<name>);
+    return its summary. `model` may be passed in (tests); otherwise it is loaded from
+    `section['model']`."""
+    out = Path(out) if out is not None else default_out(section)
+    if out.exists() and not out.is_dir():
+        raise TempoError(f"--out {out} is a file; give a directory path")
+    fn = kinds()[section["kind"]]
+    t0 = time.perf_counter()
+    if model is None:
+        from tempo_lens.cli import load_model_quietly
+
+        model = load_model_quietly(section["model"])
+    stage = staging_dir(out)
+    stage.mkdir(parents=True, exist_ok=True)
+    if (out / "runs").is_dir():  # a finished experiment: its runs seed the resume
+        for run_dir in (out / "runs").iterdir():
+            if not (stage / "runs" / run_dir.name).exists():
+                shutil.copytree(run_dir, stage / "runs" / run_dir.name)
+    for stale in ("summary.json", "report.md", "config.yaml"):
+        (stage / stale).unlink(missing_ok=True)
+    for plot in stage.glob("*.png"):
+        plot.unlink()
+    section = dict(section)
+    summary = fn(model, section, stage, progress)
+    book = section.pop("_bookkeeping", {})
+    summary = {
+        "name": section["name"],
+        "kind": section["kind"],
+        "model": model.cfg.model_name,
+        **summary,
+    }
+    timing = dict(summary.pop("timing", {}))
+    timing.update(book)
+    timing["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    summary["timing"] = timing
+    resolved = {k: v for k, v in section.items() if not k.startswith("_")}
+    _write(stage / "config.yaml", yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    _write(stage / "summary.json", json.dumps(summary, indent=1))
+    _write(stage / "report.md", render_report(fn, summary, resolved, stage))
+    _swap_into_place(stage, out)
+    return summary
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _swap_into_place(stage: Path, out: Path) -> None:
+    if out.exists():
+        old = out.resolve().parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, out)
+
+
+def render_report(
+    fn: ExperimentFn, summary: dict[str, Any], section: dict[str, Any], out_dir: Path
+) -> str:
+    """report.md: heading, what was run, the kind's own body (or generic tables), plots."""
+    lines = [
+        f"# {section['name']} ({section['kind']})",
+        "",
+        section.get("description") or "",
+        "",
+        f"Model: `{summary['model']}`; prompts: {len(section['prompts'])}; thresholds: "
+        f"{section['thresholds']}; max_steps: {section['max_steps']}; modes: "
+        f"{section['modes']}; next_from: {section['next_from']}.",
+        "",
+    ]
+    report = getattr(fn, "report", None)
+    lines.append(report(summary, section) if report else generic_tables(summary))
+    plots = sorted(p.name for p in out_dir.glob("*.png"))
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    t = summary.get("timing", {})
+    lines += [
+        "",
+        "## Timing (not reproducible; excluded from re-run checks)",
+        "",
+        "```json",
+        json.dumps(t, indent=1),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def generic_tables(summary: dict[str, Any]) -> str:
+    """Every scalar figure of the summary as a `key | value` table (nested keys dotted)."""
+    rows = [
+        f"| {k} | {v} |" for k, v in _flatten(summary) if not isinstance(v, list) or len(v) <= 8
+    ]
+    return "\n".join(["| figure | value |", "|---|---|", *rows])
+
+
+def _flatten(d: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if k != "timing":
+                yield from _flatten(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], d

@@ -1,0 +1,556 @@
+"""The experiment kinds of the seeds' study, redone: attention (A), logits (B),
+cross-parallel attention (C), positions (D), high parallelism, and the prompt-suite
+sweep. Each is registered for `tempo-lens experiment` with its extra config keys.
+
+Shared vocabulary: a *pair* is the isolated and the visible run of one prompt at one
+threshold and next_from. The *forced* comparison replays ONE layout (the isolated run's,
+unless said otherwise) under both masks: identical tokens, different mask. The
+*free-running* comparison sets the two generations side by side step by step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tempo_lens.analysis import measures as M
+from tempo_lens.analysis import stats as S
+from tempo_lens.analysis.experiment import RunSpec, ensure_runs, grid, pairs
+from tempo_lens.analysis.registry import experiment_kind
+from tempo_lens.run import TempoRun
+
+TIMING_KEYS = {"timing_reps": 10}
+
+
+def _clean_tokens(run: TempoRun) -> list[int]:
+    return [s.tokens[0] for s in run.steps]
+
+
+def _mean(v: list[float]) -> float | None:
+    return float(np.mean(v)) if len(v) else None
+
+
+def _r(x: Any) -> Any:
+    """Round every float in a nested structure to 6 significant digits."""
+    if isinstance(x, float):
+        return S.sig(x)
+    if isinstance(x, dict):
+        return {k: _r(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_r(v) for v in x]
+    return x
+
+
+def analyse_pair(
+    model: Any, iso: TempoRun, vis: TempoRun, next_from: str, *, detail: bool
+) -> dict[str, Any]:
+    """Everything one (isolated, visible) pair answers. Three replays: the isolated
+    layout under both masks (forced comparison) and the visible layout under its own
+    mask (free-running comparison, equal to the generation's own forwards)."""
+    li, lv = iso.layout, vis.layout
+    logit_ii, pat_ii = M.replay(model, li, True)
+    logit_iv, pat_iv = M.replay(model, li, False)
+    logit_vv, pat_vv = M.replay(model, lv, False)
+    p_ii = pat_ii["hook_pattern"]
+    p_iv = pat_iv["hook_pattern"]
+    p_vv = pat_vv["hook_pattern"]
+    d_ii = M.step_distributions(logit_ii, li, iso.steps, next_from)
+    d_iv = M.step_distributions(logit_iv, li, iso.steps, next_from)
+    d_vv = M.step_distributions(logit_vv, lv, vis.steps, next_from)
+    forced = M.distribution_distances(d_ii, d_iv)
+    n_common = min(len(d_ii), len(d_vv))
+    free_kl = M.distribution_distances(d_ii[:n_common], d_vv[:n_common])["kl"]
+    div = M.divergence_step(iso.steps, vis.steps)
+    rows = M.generated_rows(li)
+    attn = M.pattern_difference(p_ii[:, :, rows], p_iv[:, :, rows])
+    cross_vis = M.cross_set_attention(p_iv, li)
+    cross_iso = M.cross_set_attention(p_ii, li)
+    out: dict[str, Any] = {
+        "tokens_identical": div is None,
+        "divergence_step": div,
+        "steps": [len(iso.steps), len(vis.steps)],
+        "set_sizes": [[len(s) for s in iso.steps], [len(s) for s in vis.steps]],
+        "mean_set_size": [_mean([len(s) for s in r.steps]) for r in (iso, vis)],
+        "collapse": [S.repetition_collapse(_clean_tokens(r)) for r in (iso, vis)],
+        "forced_kl_mean": _mean(forced["kl"][1:]),
+        "forced_js_mean": _mean(forced["js"][1:]),
+        "forced_top1_mean": _mean(forced["top1"][1:]),
+        "forced_kl_max": max(forced["kl"]),
+        "free_kl_mean": _mean(free_kl),
+        "free_kl_after_divergence": _mean(free_kl[div:]) if div is not None else None,
+        "forced_attention_max_abs_diff": attn["max_abs_diff"],
+        "forced_attention_corr": attn["corr"],
+        "forced_attention_layer_mean_abs_diff": attn["layer_mean_abs_diff"],
+        "sibling_attention_visible": cross_vis.get("siblings_all"),
+        "sibling_attention_isolated": cross_iso.get("siblings_all"),
+        "received_isolated": M.received_attention(p_ii, li),
+        "received_visible": M.received_attention(p_vv, lv),
+    }
+    if detail:
+        out["forced_per_step"] = forced
+        out["free_kl_per_step"] = free_kl
+        out["forced_attention"] = attn
+        out["sibling_attention_visible_by_layer"] = cross_vis.get("siblings_by_layer")
+        out["text"] = [iso.text(), vis.text()]
+    return _r(out)
+
+
+def _runs_table(runs: dict[str, TempoRun]) -> list[dict[str, Any]]:
+    return [
+        {
+            "run": rid,
+            "text": r.text(),
+            "set_sizes": [len(s) for s in r.steps],
+            "stop": r.stop_reason,
+        }
+        for rid, r in runs.items()
+    ]
+
+
+def _timing(model: Any, section: dict[str, Any], prompt: str) -> dict[str, Any]:
+    if not section.get("timing_reps"):
+        return {}
+    return M.time_modes(
+        model,
+        prompt,
+        reps=section["timing_reps"],
+        threshold=section["thresholds"][0],
+        max_steps=section["max_steps"],
+        next_from=section["next_from"][0],
+        max_parallel=section["max_parallel"],
+        eos_token_id=-1 if section["stop_at_eos"] else None,
+    )
+
+
+def _plot(out_dir: Path, name: str, draw: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    draw(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=110)
+    plt.close(fig)
+
+
+def _pair_runs(
+    runs: dict[str, TempoRun], section: dict[str, Any]
+) -> list[tuple[RunSpec, TempoRun, TempoRun]]:
+    return [(i, runs[i.run_id], runs[v.run_id]) for i, v in pairs(section)]
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# A: attention
+# ---------------------------------------------------------------------------------------
+
+
+def _report_attention(summary: dict[str, Any], section: dict[str, Any]) -> str:
+    parts = ["## A. Attention, isolated vs visible", ""]
+    for p in summary["pairs"]:
+        fa = p["forced_attention"]
+        parts += [
+            f"Prompt {p['prompt']!r}, threshold {p['threshold']}, next_from {p['next_from']}:",
+            f"isolated `{p['text'][0]}` / visible `{p['text'][1]}`; tokens identical: "
+            f"{p['tokens_identical']}, divergence step: {p['divergence_step']}.",
+            "",
+            f"Forced replay (isolated run's layout under both masks): max |diff| "
+            f"{_fmt(fa['max_abs_diff'])}, correlation {_fmt(fa['corr'])}; sibling attention "
+            f"visible {_fmt(p['sibling_attention_visible'])} vs isolated "
+            f"{_fmt(p['sibling_attention_isolated'])}.",
+            f"Free-running (captured during generation, {p['free_running']['n_forwards']} "
+            f"forwards before divergence): max |diff| "
+            f"{_fmt(p['free_running'].get('max_abs_diff'))}, correlation "
+            f"{_fmt(p['free_running'].get('corr'))}.",
+            "",
+            _table(
+                ["layer", "forced max|diff|", "forced mean|diff|", "forced corr", "free max|diff|"],
+                [
+                    [
+                        i,
+                        fa["layer_max_abs_diff"][i],
+                        fa["layer_mean_abs_diff"][i],
+                        fa["layer_corr"][i],
+                        (p["free_running"].get("layer_max_abs_diff") or ["-"] * 999)[i],
+                    ]
+                    for i in range(len(fa["layer_max_abs_diff"]))
+                ],
+            ),
+            "",
+            "Per-head max |diff| and correlation: `summary.json` → "
+            "`pairs[].forced_attention.head_*` (`[layer][head]`).",
+            "",
+        ]
+    return "\n".join(parts)
+
+
+@experiment_kind("attention", schema=dict(TIMING_KEYS, timing_reps=0), report=_report_attention)
+def attention_kind(
+    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
+) -> dict[str, Any]:
+    """Hypothesis A: are isolated and visible attention patterns the same?"""
+    runs = ensure_runs(
+        model, section, out_dir, progress, modes=["isolated", "visible"], cache=["hook_pattern"]
+    )
+    results = []
+    for spec, iso, vis in _pair_runs(runs, section):
+        res = analyse_pair(model, iso, vis, spec.next_from, detail=True)
+        res["free_running"] = _r(_free_running_attention(iso, vis, res["divergence_step"]))
+        results.append(
+            {"prompt": spec.prompt, "threshold": spec.threshold, "next_from": spec.next_from, **res}
+        )
+    first = results[0]
+
+    def draw(ax: Any) -> None:
+        fa = first["forced_attention"]
+        ax.plot(fa["layer_max_abs_diff"], marker="o", label="forced max |diff|")
+        ax.plot(fa["layer_mean_abs_diff"], marker=".", label="forced mean |diff|")
+        fr = first["free_running"].get("layer_max_abs_diff")
+        if fr:
+            ax.plot(fr, marker="x", label="free-running max |diff|")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("|attention iso - vis|")
+        ax.legend()
+
+    _plot(out_dir, "attention_diff_by_layer.png", draw)
+    return {"n_prompts": len(section["prompts"]), "pairs": results}
+
+
+def _free_running_attention(iso: TempoRun, vis: TempoRun, div: int | None) -> dict[str, Any]:
+    """Captured patterns of the forwards both runs share token for token (the sets
+    before the divergence step), compared element-wise."""
+    n_layers = len([k for k in iso.activations if k.endswith("hook_pattern")])
+    last = len(iso.steps) if div is None else div
+    fwd = list(range(1, last + 1))
+    if not fwd:
+        return {"n_forwards": 0}
+    a = torch.stack(
+        [
+            torch.cat([iso.captured(f"blocks.{L}.attn.hook_pattern", f).flatten(1) for f in fwd], 1)
+            for L in range(n_layers)
+        ]
+    ).double()
+    b = torch.stack(
+        [
+            torch.cat([vis.captured(f"blocks.{L}.attn.hook_pattern", f).flatten(1) for f in fwd], 1)
+            for L in range(n_layers)
+        ]
+    ).double()
+    d = M.pattern_difference(a, b)
+    return {
+        "n_forwards": len(fwd),
+        "max_abs_diff": d["max_abs_diff"],
+        "corr": d["corr"],
+        "layer_max_abs_diff": d["layer_max_abs_diff"],
+        "layer_corr": d["layer_corr"],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# B: logits
+# ---------------------------------------------------------------------------------------
+
+
+def _report_logits(summary: dict[str, Any], section: dict[str, Any]) -> str:
+    parts = ["## B. Next-token distributions, isolated vs visible", ""]
+    for p in summary["pairs"]:
+        f = p["forced_per_step"]
+        parts += [
+            f"Prompt {p['prompt']!r}, threshold {p['threshold']}: tokens identical "
+            f"{p['tokens_identical']}, free-running divergence step {p['divergence_step']}. "
+            f"Replay reproduces the generation's saved distributions to "
+            f"{_fmt(p['replay_vs_saved_max_abs_prob_diff'])} (max |prob diff|).",
+            "",
+            "Forced (isolated run's layout, both masks); step j = the distribution that "
+            "selected set j (step 0 reads the prompt, identical by construction):",
+            "",
+            _table(
+                [
+                    "step",
+                    "set size",
+                    "KL",
+                    "JS",
+                    "cosine",
+                    "top1",
+                    "top5",
+                    "top10",
+                    "top20",
+                    "free-running KL",
+                ],
+                [
+                    [
+                        j,
+                        p["set_sizes"][0][j],
+                        f["kl"][j],
+                        f["js"][j],
+                        f["cosine"][j],
+                        f["top1"][j],
+                        f["top5"][j],
+                        f["top10"][j],
+                        f["top20"][j],
+                        p["free_kl_per_step"][j] if j < len(p["free_kl_per_step"]) else "-",
+                    ]
+                    for j in range(len(f["kl"]))
+                ],
+            ),
+            "",
+        ]
+    t = summary.get("timing", {})
+    if "isolated_s" in t:
+        parts += [_timing_text(t), ""]
+    return "\n".join(parts)
+
+
+def _timing_text(t: dict[str, Any]) -> str:
+    i, v = t["isolated_s"], t["visible_s"]
+    return (
+        f"Timing ({t['reps']} interleaved repetitions after a discarded warm-up): isolated "
+        f"median {i['median']:.3f} s (IQR {i['q25']:.3f}-{i['q75']:.3f}), visible median "
+        f"{v['median']:.3f} s (IQR {v['q25']:.3f}-{v['q75']:.3f}); median vis/iso ratio "
+        f"{t['ratio_vis_over_iso_median']:.3f}."
+    )
+
+
+@experiment_kind("logits", schema=TIMING_KEYS, report=_report_logits)
+def logits_kind(
+    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
+) -> dict[str, Any]:
+    """Hypothesis B: are the modes' next-token distributions the same?"""
+    runs = ensure_runs(
+        model, section, out_dir, progress, modes=["isolated", "visible"], keep_logits=True
+    )
+    results = []
+    for spec, iso, vis in _pair_runs(runs, section):
+        res = analyse_pair(model, iso, vis, spec.next_from, detail=True)
+        saved = M.step_distributions(torch.cat(iso.logits), iso.layout, iso.steps, spec.next_from)
+        replayed, _ = M.replay(model, iso.layout, True, ())
+        again = M.step_distributions(replayed, iso.layout, iso.steps, spec.next_from)
+        res["replay_vs_saved_max_abs_prob_diff"] = S.sig(float((saved - again).abs().max()))
+        results.append(
+            {"prompt": spec.prompt, "threshold": spec.threshold, "next_from": spec.next_from, **res}
+        )
+    first = results[0]
+
+    def draw(ax: Any) -> None:
+        ax.semilogy(
+            [max(x, 1e-12) for x in first["forced_per_step"]["kl"]],
+            marker="o",
+            label="forced KL(iso || vis)",
+        )
+        ax.semilogy(
+            [max(x, 1e-12) for x in first["free_kl_per_step"]], marker="x", label="free-running KL"
+        )
+        ax.set_xlabel("step")
+        ax.set_ylabel("KL (nats, floor 1e-12)")
+        ax.legend()
+
+    _plot(out_dir, "kl_by_step.png", draw)
+    timing = _timing(model, section, section["prompts"][0]["text"])
+    return {"n_prompts": len(section["prompts"]), "pairs": results, "timing": timing}
+
+
+# ---------------------------------------------------------------------------------------
+# C: cross-parallel attention
+# ---------------------------------------------------------------------------------------
+
+
+def _report_cross(summary: dict[str, Any], section: dict[str, Any]) -> str:
+    parts = ["## C. Cross-parallel attention (visible mode, every query row of every set)", ""]
+    for r in summary["runs"]:
+        c = r["cross"]
+        if not c["n_rows"]:
+            parts += [f"{r['run']}: no multi-member set, nothing to measure.", ""]
+            continue
+        parts += [
+            f"{r['run']} `{r['text']}`: {c['n_rows']} member rows. Mean attention mass to "
+            f"siblings {_fmt(c['siblings_all'])}, self {_fmt(c['self_all'])}, prompt "
+            f"{_fmt(c['prompt_all'])}, earlier steps {_fmt(c['earlier_steps_all'])}. The same "
+            f"layout under the isolated mask: siblings {_fmt(r['siblings_isolated'])}. "
+            f"Captured-during-generation vs replay: max |diff| "
+            f"{_fmt(r['captured_vs_replay_max_abs_diff'])}.",
+            "",
+            _table(
+                ["layer", "siblings", "self", "prompt", "earlier steps", "max-head siblings"],
+                [
+                    [
+                        L,
+                        c["siblings_by_layer"][L],
+                        c["self_by_layer"][L],
+                        c["prompt_by_layer"][L],
+                        c["earlier_steps_by_layer"][L],
+                        max(c["siblings"][L]),
+                    ]
+                    for L in range(len(c["siblings_by_layer"]))
+                ],
+            ),
+            "",
+        ]
+    return "\n".join(parts)
+
+
+@experiment_kind("cross_parallel", report=_report_cross)
+def cross_parallel_kind(
+    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
+) -> dict[str, Any]:
+    """Hypothesis C: how much attention do visible set members pay each other?"""
+    runs = ensure_runs(model, section, out_dir, progress, cache=["hook_pattern"])
+    results = []
+    for spec in grid(section):
+        run = runs[spec.run_id]
+        _, acts = M.replay(model, run.layout, spec.isolate)
+        pat = acts["hook_pattern"]
+        worst = 0.0
+        for s in range(len(run.steps)):
+            sl = run.layout.set_slice(s)
+            for L in range(model.cfg.n_layers):
+                cap = run.captured(f"blocks.{L}.attn.hook_pattern", s + 1).double()
+                worst = max(worst, float((cap - pat[L, :, sl, : sl.stop]).abs().max()))
+        _, iso_acts = M.replay(model, run.layout, True)
+        iso_cross = M.cross_set_attention(iso_acts["hook_pattern"], run.layout)
+        results.append(
+            _r(
+                {
+                    "run": spec.run_id,
+                    "mode": spec.mode,
+                    "text": run.text(),
+                    "cross": M.cross_set_attention(pat, run.layout),
+                    "siblings_isolated": iso_cross.get("siblings_all"),
+                    "captured_vs_replay_max_abs_diff": worst,
+                }
+            )
+        )
+    c = results[0]["cross"]
+    if c["n_rows"]:
+
+        def draw(ax: Any) -> None:
+            layers = np.arange(len(c["siblings_by_layer"]))
+            bottom = np.zeros(len(layers))
+            for key in ("siblings", "self", "prompt", "earlier_steps"):
+                vals = np.array(c[f"{key}_by_layer"])
+                ax.bar(layers, vals, bottom=bottom, label=key)
+                bottom += vals
+            ax.set_xlabel("layer")
+            ax.set_ylabel("attention mass (member rows)")
+            ax.legend(fontsize=8)
+
+        _plot(out_dir, "cross_parallel_by_layer.png", draw)
+    return {"n_prompts": len(section["prompts"]), "runs": results}
+
+
+# ---------------------------------------------------------------------------------------
+# D: positions
+# ---------------------------------------------------------------------------------------
+
+
+def _report_positions(summary: dict[str, Any], section: dict[str, Any]) -> str:
+    parts = ["## D. Position sharing, read off the model's rotated keys", ""]
+    for r in summary["runs"]:
+        c = r["rope"]
+        parts += [
+            f"{r['run']} `{r['text']}`: {c['n_generated']} generated keys "
+            f"({c['n_shifted']} at a logical position different from their physical one).",
+            f"Set positions (logical): {c['set_positions']}.",
+            f"max |hook_rot_k - RoPE(hook_k, logical)| = {_fmt(c['max_err_logical'])} "
+            f"(keys up to {_fmt(c['key_scale'])} in size); min over shifted keys of "
+            f"max |hook_rot_k - RoPE(hook_k, physical)| = {_fmt(c['min_diff_physical'])}. "
+            f"Verdict: positions shared in the model: {r['shared_in_model']}.",
+            "",
+            _table(
+                ["layer", "max err vs logical", "min diff vs physical"],
+                [
+                    [L, c["max_err_logical_by_layer"][L], c["min_diff_physical_by_layer"][L]]
+                    for L in range(len(c["max_err_logical_by_layer"]))
+                ],
+            ),
+            "",
+        ]
+    return "\n".join(parts)
+
+
+@experiment_kind("positions", schema={"tolerance": 1e-3}, report=_report_positions)
+def positions_kind(
+    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
+) -> dict[str, Any]:
+    """Hypothesis D: do set members really share one position inside the model?"""
+    if not model.cfg.positional_embedding_type == "rotary":
+        from tempo_lens.errors import TempoError
+
+        raise TempoError("the positions kind checks rotated keys; use a rotary model")
+    runs = ensure_runs(model, section, out_dir, progress)
+    results = []
+    for spec in grid(section):
+        run = runs[spec.run_id]
+        c = M.rope_check(model, run.layout, spec.isolate)
+        ok = c["max_err_logical"] <= section["tolerance"] and (
+            c["n_shifted"] == 0 or c["min_diff_physical"] > 10 * section["tolerance"]
+        )
+        results.append(
+            _r(
+                {
+                    "run": spec.run_id,
+                    "text": run.text(),
+                    "rope": c,
+                    "shared_in_model": ok and c["reference_valid"],
+                }
+            )
+        )
+    return {"n_prompts": len(section["prompts"]), "runs": results}
+
+
+# ---------------------------------------------------------------------------------------
+# Exp 5: high parallelism
+# ---------------------------------------------------------------------------------------
+
+
+def _report_high(summary: dict[str, Any], section: dict[str, Any]) -> str:
+    parts = ["## High parallelism", ""]
+    for p in summary["pairs"]:
+        parts += [
+            f"Prompt {p['prompt']!r}, threshold {p['threshold']}:",
+            f"- isolated `{p['text'][0]}` set sizes {p['set_sizes'][0]}",
+            f"- visible `{p['text'][1]}` set sizes {p['set_sizes'][1]}",
+            f"- tokens identical {p['tokens_identical']}, divergence step "
+            f"{p['divergence_step']}; forced KL mean (steps >= 1) {_fmt(p['forced_kl_mean'])}, "
+            f"max {_fmt(p['forced_kl_max'])}; forced attention max |diff| "
+            f"{_fmt(p['forced_attention_max_abs_diff'])} (corr "
+            f"{_fmt(p['forced_attention_corr'])}); visible sibling attention "
+            f"{_fmt(p['sibling_attention_visible'])}.",
+            "",
+        ]
+    t = summary.get("timing", {})
+    if "isolated_s" in t:
+        parts += [_timing_text(t), ""]
+    return "\n".join(parts)
+
+
+@experiment_kind("high_parallelism", schema=TIMING_KEYS, report=_report_high)
+def high_parallelism_kind(
+    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
+) -> dict[str, Any]:
+    """Low threshold, big sets: do the modes still agree, and at what cost?"""
+    runs = ensure_runs(model, section, out_dir, progress, modes=["isolated", "visible"])
+    results = []
+    for spec, iso, vis in _pair_runs(runs, section):
+        res = analyse_pair(model, iso, vis, spec.next_from, detail=True)
+        results.append(
+            {"prompt": spec.prompt, "threshold": spec.threshold, "next_from": spec.next_from, **res}
+        )
+    timing = _timing(model, section, section["prompts"][0]["text"])
+    return {"n_prompts": len(section["prompts"]), "pairs": results, "timing": timing}
