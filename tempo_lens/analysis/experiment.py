@@ -137,7 +137,7 @@ def ensure_runs(
     section.setdefault("_bookkeeping", {"generated_runs": 0, "skipped_runs": 0})
     section["_bookkeeping"]["generated_runs"] += len(todo)
     section["_bookkeeping"]["skipped_runs"] += len(specs) - len(todo)
-    for spec in _bar(todo, progress, "runs"):
+    for spec in bar(todo, progress, "runs"):
         if deadline is not None and time.perf_counter() > deadline:
             section["_bookkeeping"]["generated_runs"] -= 1
             section["_bookkeeping"]["stopped_by_time_budget"] = True
@@ -167,15 +167,11 @@ def pairs(section: dict[str, Any], order: str = "prompt") -> Iterator[tuple[RunS
         yield specs[i], specs[i + 1]
 
 
-def _bar(items: list[Any], enabled: bool, unit: str) -> Any:
+def bar(items: list[Any], enabled: bool, unit: str) -> Any:
+    """A tqdm progress bar on stderr (disabled when `enabled` is False)."""
     from tqdm.auto import tqdm
 
     return tqdm(items, disable=not enabled, unit=unit, file=sys.stderr, dynamic_ncols=True)
-
-
-def bar(items: list[Any], enabled: bool, unit: str) -> Any:
-    """A tqdm progress bar on stderr (disabled when `enabled` is False)."""
-    return _bar(items, enabled, unit)
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from tempo_lens.analysis import stats as S
 from tempo_lens.errors import TempoError
 
 HEADLINE = "t0.1/mixture"
@@ -44,7 +43,8 @@ def _pct(block: dict[str, Any]) -> str:
     ci_s = f", 95% CI [{ci[0]:+.1f}%, {ci[1]:+.1f}%]" if ci else ""
     sd = f" ± {block['sd']:.1f}%" if block.get("sd") is not None else ""
     p, dz = block["p"], block["d_z"]
-    return f"{block['mean']:+.1f}%{sd}{ci_s}, p = {p:.3g}, d_z = {dz}, n = {block['n']}"
+    dz_s = f"{dz:.2f}" if dz is not None else "n/a"
+    return f"{block['mean']:+.1f}%{sd}{ci_s}, p = {p:.3g}, d_z = {dz_s}, n = {block['n']}"
 
 
 def _significant(block: dict[str, Any]) -> bool:
@@ -75,8 +75,8 @@ def build(sweep: dict[str, Any], exps: dict[str, dict[str, Any]], command: str) 
         [
             "isolated vs visible tokens identical",
             "100%",
-            f"{100 * ti['share']:.1f}% of prompts identical over all 15 steps at {head_key} "
-            f"[95% CI {100 * ti['ci95'][0]:.1f}-{100 * ti['ci95'][1]:.1f}%] (n = {ti['n']}); "
+            f"{100 * ti['share']:.1f}% of prompts give identical sets at every step at "
+            f"{head_key} [95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%] (n = {ti['n']}); "
             f"other settings: "
             + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items() if k != head_key),
             verdict,
@@ -134,7 +134,8 @@ def build(sweep: dict[str, Any], exps: dict[str, dict[str, Any]], command: str) 
         )
         direction = [r["token_in"] < 1 for r in (ri, rv) if r]
         verdict = (
-            "direction confirmed, size not comparable (one prompt, other model)"
+            "direction confirmed for this one prompt, size not comparable (other model); "
+            "over the suite the sign reverses (next rows)"
             if direction and all(direction)
             else "not confirmed (one prompt, other model)"
         )
@@ -144,30 +145,38 @@ def build(sweep: dict[str, Any], exps: dict[str, dict[str, Any]], command: str) 
         ["parallel tokens receive less attention (1 prompt)", "0.48x iso, 0.58x vis", ours, verdict]
     )
 
-    # 5-6. across prompts
-    rec = head["received_isolated"]["token_in_pct"]
+    # 5-6. across prompts. Verdict rule: their result is a null (no significant
+    # difference); ours refutes it when the 95% CI excludes 0 under a key-set definition,
+    # and the sign is reported per definition (prompt in / prompt out).
+    iso = head["received_isolated"]
+    rec_in, rec_out = iso["token_in_pct"], iso["token_out_pct"]
     rec_v = head["received_visible"]["token_in_pct"]
-    set_in = head["received_isolated"]["set_in_pct"]
-    sig_word = (
-        "members receive significantly less"
-        if rec.get("mean", 0) < 0
-        else "members receive significantly more"
-    )
-    for label, theirs in (
-        ("same, 13 prompts", "-12.1% ± 24.1%, p = 0.156"),
-        ("same, 48 prompts", "-2.8% ± 27.1%, p = 0.505"),
-    ):
+    set_in = iso["set_in_pct"]
+
+    def word(block: dict[str, Any]) -> str:
+        if not _significant(block):
+            return "no significant difference"
+        return "members receive less" if block["mean"] < 0 else "members receive more"
+
+    if _significant(rec_in) or _significant(rec_out):
         verdict = (
-            f"**refuted** (their 'no significant difference'): {sig_word}"
-            if _significant(rec)
-            else "confirmed: no significant difference"
+            f"**refuted** as a null result, and the sign depends on the key set: prompt out "
+            f"(vs single generated tokens): {word(rec_out)}; prompt in (vs singles and "
+            f"prompt tokens): {word(rec_in)}"
         )
+    else:
+        verdict = "confirmed: no significant difference under either key set"
+    for n_theirs, theirs in (
+        ("13 prompts", "-12.1% ± 24.1%, p = 0.156"),
+        ("48 prompts", "-2.8% ± 27.1%, p = 0.505"),
+    ):
         rows.append(
             [
-                f"parallel tokens receive less attention ({label.split(', ')[1]})",
+                f"parallel tokens receive less attention ({n_theirs})",
                 theirs,
-                f"per token, isolated: {_pct(rec)}; visible: {_pct(rec_v)}; per whole set "
-                f"(isolated): {_pct(set_in)}",
+                f"per token, isolated, prompt out: {_pct(rec_out)}; prompt in: "
+                f"{_pct(rec_in)}; visible, prompt in: {_pct(rec_v)}; per whole set "
+                f"(isolated, prompt in): {_pct(set_in)}",
                 verdict,
             ]
         )
@@ -254,6 +263,20 @@ def _beyond(
             + ", ".join(f"L{i}: {by_layer[i]:.3g}" for i in top[:5])
             + f"); smallest {min(by_layer):.3g}. Plot: the sweep's attention_diff_by_layer.png."
         )
+    for mode in ("isolated", "visible"):
+        b = head[f"received_{mode}"]
+        if "token_in_by_layer" not in b:
+            continue
+        tin, tout = b["token_in_by_layer"], b["token_out_by_layer"]
+        below = [i for i, x in enumerate(tin) if x < 1]
+        out.append(
+            f"- **Attention received by members, per layer ({mode}, {head_key}, mean ratio "
+            f"over n = {b['n']} prompts)**: members / others (prompt in) ranges "
+            f"{min(tin):.2f}-{max(tin):.2f}x; members receive less than others only in "
+            f"layers {below or 'none'}. Prompt out (members / single generated tokens): "
+            f"{_pct(b['token_out_pct'])}; below 1 in {sum(x < 1 for x in tout)} of "
+            f"{len(tout)} layers."
+        )
     sib = head["sibling_attention_visible"]
     out.append(
         f"- **Visible members do attend to each other**: mean attention mass a member row pays "
@@ -278,7 +301,8 @@ def _beyond(
     ms = head["mean_set_size_iso_vs_vis"]
     out.append(
         f"- **Set sizes**: mean set size isolated {ms['mean_a']} vs visible {ms['mean_b']}, "
-        f"paired difference {ms['mean_diff']} [95% CI {ms['ci95_diff']}], p = {ms['p']}, "
+        f"paired difference {ms['mean_diff']:.3g} [95% CI {ms['ci95_diff'][0]:.3g}, "
+        f"{ms['ci95_diff'][1]:.3g}], p = {ms['p']:.3g}, "
         f"n = {ms['n']}."
     )
     pos = exps.get("positions")
@@ -323,7 +347,10 @@ def _wall_time(t: dict[str, Any], sweep: dict[str, Any]) -> list[str]:
         f"{t.get('generation_seconds', 0) / 60:.1f} min for {t.get('generated_runs', 0)} new "
         f"runs, {t.get('skipped_runs', 0)} reused; analysis "
         f"{t.get('analysis_seconds', 0) / 60:.1f} min). Sum of the generation time of all "
-        f"{sweep['n_runs']} saved runs: {t.get('sum_of_run_seconds', 0) / 60:.1f} min.",
+        f"{sweep['n_runs']} saved runs: {t.get('sum_of_run_seconds', 0) / 60:.1f} min, so a "
+        f"sweep from scratch takes about "
+        f"{(t.get('sum_of_run_seconds', 0) + t.get('analysis_seconds', 0)) / 60:.1f} min "
+        "(generation + analysis) on this machine.",
     ]
     if t.get("stopped_by_time_budget"):
         lines.append(
@@ -361,4 +388,4 @@ def write_findings(
     return out
 
 
-__all__ = ["build", "write_findings", "S"]
+__all__ = ["build", "write_findings"]

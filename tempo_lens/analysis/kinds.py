@@ -98,18 +98,6 @@ def analyse_pair(
     return _r(out)
 
 
-def _runs_table(runs: dict[str, TempoRun]) -> list[dict[str, Any]]:
-    return [
-        {
-            "run": rid,
-            "text": r.text(),
-            "set_sizes": [len(s) for s in r.steps],
-            "stop": r.stop_reason,
-        }
-        for rid, r in runs.items()
-    ]
-
-
 def _timing(model: Any, section: dict[str, Any], prompt: str) -> dict[str, Any]:
     if not section.get("timing_reps"):
         return {}
