@@ -39,8 +39,19 @@ def test_embedded_matches_transformers_gguf(embedded, embedded_hf):
 
 @pytest.mark.embedded
 def test_local_hf_dir_path_equals_embedded(embedded, embedded_hf, tmp_path):
+    import copy
+
+    from transformers import LlamaForCausalLM
+
     hf, tok = embedded_hf
-    hf.save_pretrained(tmp_path)
+    # A GGUF-loaded model refuses save_pretrained (its quantizer is not serializable):
+    # write the same (dequantized) weights from a plain LlamaForCausalLM, as a user would.
+    config = copy.deepcopy(hf.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(hf.state_dict())
+    plain.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     from_dir = tl.load_model(str(tmp_path))
     assert from_dir.cfg.original_architecture == "LlamaForCausalLM"
