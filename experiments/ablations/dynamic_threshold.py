@@ -1,25 +1,19 @@
 """Dynamic threshold (Bézier and ReLU schedules over t = step / max_steps) and
 retroactive pruning: members later tokens barely attend to are marked, never removed."""
 
-import argparse
 from pathlib import Path
 
 import tempo_lens
 from tempo_lens.analysis import ablations as ab
 
-p = argparse.ArgumentParser()
-p.add_argument("--prompt", default="Once upon a time there lived")
-p.add_argument("--model", default=None, help="model name, or 'tiny'")
-p.add_argument("--steps", type=int, default=20)
+p = ab.script_parser(
+    "dynamic_threshold", prompt="Once upon a time there lived", steps=20, fast_steps=8
+)
 p.add_argument("--base", type=float, default=0.05)
 p.add_argument("--ratio", type=float, default=0.5, help="keep score > ratio x set mean")
-p.add_argument("--out", default="runs/ablations/dynamic_threshold_script")
-p.add_argument("--fast", action="store_true", help="tiny model, 8 steps (tests)")
 args = p.parse_args()
-if args.fast:
-    args.model, args.steps = "tiny", 8
 
-model = ab.script_model(args.model)
+model = ab.script_model_for(args)
 schedules = {
     "bezier": ab.bezier_threshold(p1=0.2, p2=0.8, final=1.0, base=args.base),
     "relu": ab.relu_threshold(activation=0.5, final=1.0, base=args.base),

@@ -1,27 +1,14 @@
 """Remove isolation at one layer L (and at 0..L, L..end) for every L; print and plot how
 much of the isolated→visible difference each restores. --fast: tiny model."""
 
-import argparse
 from pathlib import Path
 
-import tempo_lens
 from tempo_lens.analysis import ablations as ab
 
-p = argparse.ArgumentParser()
-p.add_argument("--prompt", default="The cat sat on the")
-p.add_argument("--model", default=None, help="model name, or 'tiny'")
-p.add_argument("--steps", type=int, default=10)
-p.add_argument("--out", default="runs/ablations/layer_patching_script")
-p.add_argument("--fast", action="store_true", help="tiny model, 6 steps (tests)")
+p = ab.script_parser("layer_patching")
 args = p.parse_args()
-if args.fast:
-    args.model, args.steps = "tiny", 6
 
-model = ab.script_model(args.model)
-run = tempo_lens.generate(
-    model, args.prompt, threshold=0.1, max_steps=args.steps, eos_token_id=None
-)
-print(run.text())
+model, run = ab.script_run(args)
 
 result = ab.layer_patching(model, run)  # 3 x n_layers replays of the forced layout
 base = result.baseline.kl_vis_members  # KL(visible || isolated), mean over member rows

@@ -2,28 +2,15 @@
 siblings, and isolation that lasts beyond the set ("always": later tokens see only the
 top member) — each measured against the isolated and visible replays."""
 
-import argparse
 from pathlib import Path
 
-import tempo_lens
 from tempo_lens.analysis import ablations as ab
 
-p = argparse.ArgumentParser()
-p.add_argument("--prompt", default="The cat sat on the")
-p.add_argument("--model", default=None, help="model name, or 'tiny'")
-p.add_argument("--steps", type=int, default=10)
+p = ab.script_parser("partial_isolation")
 p.add_argument("--biases", type=float, nargs="+", default=[0, 0.5, 1, 2, 4, 8, 16, 1e4])
-p.add_argument("--out", default="runs/ablations/partial_isolation_script")
-p.add_argument("--fast", action="store_true", help="tiny model, 6 steps (tests)")
 args = p.parse_args()
-if args.fast:
-    args.model, args.steps = "tiny", 6
 
-model = ab.script_model(args.model)
-run = tempo_lens.generate(
-    model, args.prompt, threshold=0.1, max_steps=args.steps, eos_token_id=None
-)
-print(run.text())
+model, run = ab.script_run(args)
 
 sweep = ab.bias_sweep(model, run, args.biases)
 print("       b   KL(iso||b)  KL(vis||b)")

@@ -2,29 +2,16 @@
 sequential positions; a gap between prompt and generation. Same tokens, same explicit
 mask: only positions change. KL is measured against the shared-position replay."""
 
-import argparse
 from pathlib import Path
 
-import tempo_lens
 from tempo_lens.analysis import ablations as ab
 
-p = argparse.ArgumentParser()
-p.add_argument("--prompt", default="The cat sat on the")
-p.add_argument("--model", default=None, help="model name, or 'tiny'")
-p.add_argument("--steps", type=int, default=10)
+p = ab.script_parser("positions")
 p.add_argument("--deltas", type=float, nargs="+", default=[0.25, 0.5, 1, 2])
 p.add_argument("--gaps", type=float, nargs="+", default=[1, 5, 20, 100, 1000])
-p.add_argument("--out", default="runs/ablations/positions_script")
-p.add_argument("--fast", action="store_true", help="tiny model, 6 steps (tests)")
 args = p.parse_args()
-if args.fast:
-    args.model, args.steps = "tiny", 6
 
-model = ab.script_model(args.model)
-run = tempo_lens.generate(
-    model, args.prompt, threshold=0.1, max_steps=args.steps, eos_token_id=None
-)
-print(run.text())
+model, run = ab.script_run(args)
 
 rotary = model.cfg.positional_embedding_type == "rotary"
 variants = ab.standard_variants(run.layout, args.deltas, args.gaps, rotary)

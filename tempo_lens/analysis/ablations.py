@@ -9,6 +9,7 @@ builders and replays below. The scripts in `experiments/ablations/` show each in
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from tempo_lens.analysis import ablations_kinds as _kinds  # noqa: F401  (registers kinds)
@@ -58,21 +59,53 @@ from tempo_lens.analysis.ablations_positions import (
     sequential_layout,
     standard_variants,
 )
+from tempo_lens.generate import generate
+from tempo_lens.run import TempoRun
 
 
 def script_model(name: str | None) -> Any:
     """The model a script asked for: "tiny" is the seeded tiny rotary model of
     `tempo_lens.testing` (fast mode for tests), anything else goes to `load_model`."""
-    if name == "tiny":
-        from tempo_lens.testing import tiny_model
-
-        return tiny_model("llama")
     from tempo_lens.cli import load_model_quietly
 
-    return load_model_quietly(name)
+    return load_model_quietly("tiny-llama" if name == "tiny" else name)
+
+
+def script_parser(
+    name: str, *, prompt: str = "The cat sat on the", steps: int = 10, fast_steps: int = 6
+) -> argparse.ArgumentParser:
+    """The options every ablation script shares (--prompt --model --steps --out --fast);
+    a script adds its own before `parse_args()`."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--prompt", default=prompt)
+    p.add_argument("--model", default=None, help="model name, or 'tiny'")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--out", default=f"runs/ablations/{name}_script")
+    p.add_argument("--fast", action="store_true", help=f"tiny model, {fast_steps} steps (tests)")
+    p.set_defaults(fast_steps=fast_steps)
+    return p
+
+
+def script_model_for(args: argparse.Namespace) -> Any:
+    """Load the script's model; --fast means the tiny model and fewer steps."""
+    if args.fast:
+        args.model, args.steps = "tiny", args.fast_steps
+    return script_model(args.model)
+
+
+def script_run(args: argparse.Namespace) -> tuple[Any, TempoRun]:
+    """The script's model and one free-running isolated run on its prompt (threshold 0.1),
+    whose layout the ablation then replays; prints its bracket text."""
+    model = script_model_for(args)
+    run = generate(model, args.prompt, threshold=0.1, max_steps=args.steps, eos_token_id=None)
+    print(run.text())
+    return model, run
 
 
 __all__ = [
+    "script_model_for",
+    "script_parser",
+    "script_run",
     "GROUPS",
     "HOOK_ALIASES",
     "LAYER_MODES",
