@@ -30,6 +30,12 @@ def _quiet() -> None:
     logging.getLogger("root").setLevel(logging.ERROR)
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
+    try:  # transformers' GGUF de-quantization bars on a first (uncached) load
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def load_model_quietly(name: str | None, device: str | None = None) -> Any:

@@ -350,8 +350,13 @@ def load_hf_gguf(path: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any
 
 
 def _embedded_cache_key(path: Path) -> str:
-    st = path.stat()
-    return f"{CACHE_FORMAT}-{st.st_size}-{int(st.st_mtime)}"
+    """Size plus a hash of the file's head: shared by every environment that installed the
+    same wheel (an mtime would differ per install and make them rebuild each other's cache)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        head = hashlib.sha256(f.read(4 << 20)).hexdigest()[:16]
+    return f"{CACHE_FORMAT}-{path.stat().st_size}-{head}"
 
 
 def _load_embedded(

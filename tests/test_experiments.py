@@ -334,3 +334,20 @@ def test_positions_shared_in_embedded_model(embedded):
     r = M.rope_check(embedded, layout)
     assert r["max_err_logical"] < 1e-3 * max(1.0, r["key_scale"])
     assert r["n_shifted"] == 2 and r["min_diff_physical"] > 1e-2
+
+
+def test_findings_position_gap_row_verdicts():
+    from tempo_lens.analysis.findings import _position_gap_row
+
+    def pos(k5, k1000):
+        v = {"kl_members": 0.0, "kl_next": 0.0, "top1_agree": 1.0}
+        return {
+            "n_prompts": 3,
+            "variants": {"gap 5": v | {"kl_members": k5}, "gap 1000": v | {"kl_members": k1000}},
+        }
+
+    assert _position_gap_row(None)[3].startswith("not comparable")
+    row = _position_gap_row(pos(0.1, 1.0))
+    assert row[3].startswith("**refuted**") and "10% of gap 1000" in row[3]
+    assert "n = 3 prompts" in row[2] and "gap 5: KL 0.1" in row[2]
+    assert _position_gap_row(pos(0.9, 1.0))[3].startswith("confirmed")

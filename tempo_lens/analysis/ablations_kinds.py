@@ -252,7 +252,7 @@ def position_ablation_kind(model: Any, section: dict, out_dir: Path, progress: b
         ylabel="mean KL to gap 0 (nats)",
         logx=True,
     )
-    return {"variants": table}
+    return {"n_prompts": len(runs), "variants": table}
 
 
 @_kind(
