@@ -174,16 +174,22 @@ def write_atomic_dir(target: Path, write: Any) -> None:
         raise TempoError(f"cannot write to {parent}: {err.strerror}; choose another --out") from err
     try:
         write(tmp)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.old-"))
-            os.replace(target, old / "x")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(staged: Path, target: Path) -> None:
+    """Rename the finished directory `staged` to `target`, replacing an earlier one there
+    (moved aside first, then removed), so `target` is never half-written."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.resolve().parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / "x")
+        os.replace(staged, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, target)
 
 
 def load_run(directory: str | os.PathLike) -> TempoRun:

@@ -20,6 +20,7 @@ from transformer_lens.patching import layer_pos_patch_setter
 
 from tempo_lens import Layout, TempoError, TempoRun, forward, isolation_hooks, position_hooks
 from tempo_lens.analysis.ablations_hooks import same_set_bias_hooks
+from tempo_lens.analysis.metrics import kl
 from tempo_lens.hooks import Hook
 
 Source = TempoRun | Layout
@@ -51,10 +52,6 @@ def row_logprobs(
     return members, nxt
 
 
-def _kl_rows(ref: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    return (ref.exp() * (ref - var)).sum(-1)
-
-
 @dataclass
 class Distances:
     """Mean KL(reference || variant) to the isolated and visible replays."""
@@ -83,10 +80,10 @@ class _References:
         m, x = row_logprobs(logits, self.layout, self.weights)
         mean = lambda t: float(t.mean()) if t.numel() else 0.0  # noqa: E731
         return Distances(
-            mean(_kl_rows(self.iso[0], m)),
-            mean(_kl_rows(self.vis[0], m)),
-            mean(_kl_rows(self.iso[1], x)),
-            mean(_kl_rows(self.vis[1], x)),
+            mean(kl(self.iso[0], m)),
+            mean(kl(self.vis[0], m)),
+            mean(kl(self.iso[1], x)),
+            mean(kl(self.vis[1], x)),
         )
 
     def baseline(self) -> Distances:
@@ -299,11 +296,11 @@ def fraction_restored(
 ) -> float:
     """1 − KL(source ‖ patched) / KL(source ‖ target) summed over `rows`: 0 when the patch
     changed nothing, 1 when it reproduced the source mode exactly."""
-    s, t, p = (torch.log_softmax(x[rows].double(), -1) for x in (source, target, patched))
-    total = float(_kl_rows(s, t).sum())
+    s, t, p = (x[rows] for x in (source, target, patched))
+    total = float(kl(s, t).sum())
     if total <= 0:
         return math.nan
-    return 1.0 - float(_kl_rows(s, p).sum()) / total
+    return 1.0 - float(kl(s, p).sum()) / total
 
 
 def activation_patching(

@@ -15,10 +15,10 @@ from transformer_lens import HookedTransformer
 from tempo_lens import Layout, TempoError, forward
 from tempo_lens.analysis.ablations_patching import (
     Source,
-    _kl_rows,
     layout_and_weights,
     row_logprobs,
 )
+from tempo_lens.analysis.metrics import kl
 
 
 def offset_layout(layout: Layout, delta: float) -> Layout:
@@ -74,8 +74,8 @@ def position_ablation(
         logits = forward(model, variant, isolate=isolate)[0][0]
         m, x = row_logprobs(logits, layout, weights)
         out[name] = {
-            "kl_members": float(_kl_rows(ref[0], m).mean()) if m.numel() else 0.0,
-            "kl_next": float(_kl_rows(ref[1], x).mean()) if x.numel() else 0.0,
+            "kl_members": float(kl(ref[0], m).mean()) if m.numel() else 0.0,
+            "kl_next": float(kl(ref[1], x).mean()) if x.numel() else 0.0,
             "top1_agree": float((ref[0].argmax(-1) == m.argmax(-1)).double().mean())
             if m.numel()
             else 1.0,

@@ -30,7 +30,7 @@ import yaml
 from tempo_lens.analysis.registry import KINDS, ExperimentFn
 from tempo_lens.errors import TempoError
 from tempo_lens.generate import generate
-from tempo_lens.run import TempoRun, load_run
+from tempo_lens.run import TempoRun, load_run, replace_dir
 
 KIND_MODULES = (
     "tempo_lens.analysis.kinds",
@@ -233,7 +233,7 @@ def run_experiment(
     _write(stage / "config.yaml", yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
     _write(stage / "summary.json", json.dumps(summary, indent=1))
     _write(stage / "report.md", render_report(fn, summary, resolved, stage))
-    _swap_into_place(stage, out)
+    replace_dir(stage, out)
     return summary
 
 
@@ -241,17 +241,6 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _swap_into_place(stage: Path, out: Path) -> None:
-    if out.exists():
-        old = out.resolve().parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(stage, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(stage, out)
 
 
 def render_report(
