@@ -112,6 +112,52 @@ def _matches(run_dir: Path, spec: RunSpec, section: dict[str, Any]) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What every run of an experiment shares besides its spec."""
+
+    max_steps: int
+    max_parallel: int | None
+    eos_token_id: int | None
+    cache: tuple[str, ...] | None = None
+    keep_logits: bool = False
+
+
+def work_units(specs: list[RunSpec], size: int | None = None) -> list[list[RunSpec]]:
+    """The experiment's work units: runs of one setting (mode, threshold, next_from),
+    cut into chunks of at most `size` prompts (None: no cut), ordered by their first run's
+    place in `specs` (so a cut-short sweep still leaves complete isolated/visible pairs).
+    A unit is what one engine call generates (one batched forward per step, one Ray task)."""
+    groups: dict[tuple[str, float, str], list[RunSpec]] = {}
+    for spec in specs:
+        groups.setdefault((spec.mode, spec.threshold, spec.next_from), []).append(spec)
+    units: list[list[RunSpec]] = []
+    for group in groups.values():
+        step = size or len(group)
+        units += [group[i : i + step] for i in range(0, len(group), step)]
+    first = {spec: i for i, spec in enumerate(specs)}
+    return sorted(units, key=lambda unit: first[unit[0]])
+
+
+def generate_unit(model: Any, unit: list[RunSpec], options: RunOptions) -> list[TempoRun]:
+    """Generate every run of one work unit (same setting, several prompts)."""
+    return [
+        generate(
+            model,
+            spec.prompt,
+            threshold=spec.threshold,
+            max_steps=options.max_steps,
+            isolate=spec.isolate,
+            next_from=spec.next_from,
+            max_parallel=options.max_parallel,
+            cache=list(options.cache) if options.cache else None,
+            keep_logits=options.keep_logits,
+            eos_token_id=options.eos_token_id,
+        )
+        for spec in unit
+    ]
+
+
 def ensure_runs(
     model: Any,
     section: dict[str, Any],
@@ -125,36 +171,33 @@ def ensure_runs(
     order: str = "prompt",
 ) -> dict[str, TempoRun]:
     """Generate every run of the grid that is not already saved under `out_dir/runs/`,
-    saving each atomically as it finishes; return all of them as loaded from disk (so
-    the analysis always sees exactly what a later re-run will see).
+    unit by unit (`work_units`), saving each run atomically as its unit finishes; return
+    all of them as loaded from disk (so the analysis always sees exactly what a later
+    re-run will see).
 
-    `deadline` (a `time.perf_counter()` value) stops starting new runs once passed; the
+    `deadline` (a `time.perf_counter()` value) stops starting new units once passed; the
     runs not made are then simply absent from the result (a re-run resumes them)."""
     specs = grid(section, modes, order)
     runs_dir = out_dir / "runs"
-    eos = -1 if section["stop_at_eos"] else None
+    options = RunOptions(
+        max_steps=section["max_steps"],
+        max_parallel=section["max_parallel"],
+        eos_token_id=-1 if section["stop_at_eos"] else None,
+        cache=tuple(cache) if cache else None,
+        keep_logits=keep_logits,
+    )
     todo = [s for s in specs if not _matches(runs_dir / s.run_id, s, section)]
     section.setdefault("_bookkeeping", {"generated_runs": 0, "skipped_runs": 0})
     section["_bookkeeping"]["generated_runs"] += len(todo)
     section["_bookkeeping"]["skipped_runs"] += len(specs) - len(todo)
-    for spec in bar(todo, progress, "runs"):
+    units = work_units(todo, size=1)
+    for unit in bar(units, progress, "units"):
         if deadline is not None and time.perf_counter() > deadline:
-            section["_bookkeeping"]["generated_runs"] -= 1
+            section["_bookkeeping"]["generated_runs"] -= len(unit)
             section["_bookkeeping"]["stopped_by_time_budget"] = True
             continue
-        run = generate(
-            model,
-            spec.prompt,
-            threshold=spec.threshold,
-            max_steps=section["max_steps"],
-            isolate=spec.isolate,
-            next_from=spec.next_from,
-            max_parallel=section["max_parallel"],
-            cache=cache,
-            keep_logits=keep_logits,
-            eos_token_id=eos,
-        )
-        run.save(runs_dir / spec.run_id)
+        for spec, run in zip(unit, generate_unit(model, unit, options), strict=True):
+            run.save(runs_dir / spec.run_id)
     return {
         s.run_id: load_run(runs_dir / s.run_id) for s in specs if (runs_dir / s.run_id).is_dir()
     }
