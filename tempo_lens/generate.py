@@ -1,25 +1,36 @@
 """TEMPO generation: select, append, forward, repeat.
 
-One forward per logical step: the whole new set goes in as the query block on top of a
-TransformerLens KV cache, with `position_hooks` and (when isolated) `isolation_hooks`
-built from the layout so far. `forward` replays any layout in one pass.
+One forward per logical step: every row's new set goes in as the query block on top of
+one batched TransformerLens KV cache (`Decoder`), with `position_hooks` and the one mask
+(`hooks.mask_hooks`: pads, isolation, pruning) built from the rows' layouts so far.
+`forward` replays any layout, or many, in one pass.
+
+Batches. Rows advance in lockstep. A prompt shorter than the longest is right-padded;
+a set smaller than the step's widest is followed by pad slots; a pad is a hidden key
+(no query but itself sees it), so every row computes what it computes alone. A row that
+stops leaves the batch (its rows of the KV cache are dropped, and columns that are pads
+in every remaining row go with them).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.utilities import get_act_name
 
 from tempo_lens.errors import TempoError
-from tempo_lens.hooks import Hook, isolation_hooks, position_hooks
-from tempo_lens.layout import Layout, ParallelSet
+from tempo_lens.hooks import Hook, batch_hidden, mask_hooks, position_hooks
+from tempo_lens.layout import Layout, LayoutBatch, ParallelSet, PrunedMember
 from tempo_lens.run import TempoRun
 
 NEXT_FROM = ("mixture", "last", "first")
@@ -70,18 +81,37 @@ def next_distribution(
 # Capture and one forward
 # ---------------------------------------------------------------------------------------
 
+CacheName = str | tuple[str, int]
 
-def resolve_hook_names(model: HookedTransformer, names: Iterable[str]) -> list[str]:
-    """Full TL hook names for `names`: exact names, or suffixes such as "hook_pattern"
-    (every layer's `blocks.L.attn.hook_pattern`)."""
+
+def resolve_hook_names(model: HookedTransformer, names: Iterable[CacheName]) -> list[str]:
+    """Full TL hook names for `names`: exact names; suffixes such as "hook_pattern"
+    (every layer's `blocks.L.attn.hook_pattern`); TL short names such as "pattern" or
+    "resid_post" (every layer); `(name, layer)` pairs as `get_act_name(name, layer)`."""
     available = list(model.hook_dict)
     resolved: list[str] = []
     for name in names:
-        hits = [h for h in available if h == name or h.endswith("." + name)]
+        if isinstance(name, tuple):
+            short, layer = name
+            hits = [get_act_name(short, layer)]
+            hits = [h for h in hits if h in model.hook_dict]
+            label = repr(name)
+        else:
+            suffixes = {name}
+            if "." not in name and not name.startswith("hook_"):
+                suffixes.add(get_act_name(name, 0).removeprefix("blocks.0."))
+                suffixes.add(get_act_name(name))
+            hits = [
+                h
+                for h in available
+                if h in suffixes or h.endswith(tuple("." + s for s in suffixes))
+            ]
+            label = repr(name)
         if not hits:
-            near = difflib.get_close_matches(name, {h.rsplit(".", 1)[-1] for h in available}, 1)
+            short = name[0] if isinstance(name, tuple) else name
+            near = difflib.get_close_matches(short, {h.rsplit(".", 1)[-1] for h in available}, 1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise TempoError(f"cache name {name!r} matches no hook of this model{hint}")
+            raise TempoError(f"cache name {label} matches no hook of this model{hint}")
         resolved += [h for h in hits if h not in resolved]
     return resolved
 
@@ -95,47 +125,97 @@ def _capture_hooks(names: Sequence[str], store: dict[str, torch.Tensor]) -> list
 
 def _model_forward(
     model: HookedTransformer,
-    layout: Layout,
+    layout: Layout | LayoutBatch,
     n_query: int,
     hooks: list[Hook],
     past_kv_cache: TransformerLensKeyValueCache | None,
 ) -> torch.Tensor:
+    """Logits `[batch, n_query, vocab]` of the last `n_query` tokens of every row."""
     device = model.cfg.device
-    tokens = layout.tokens[len(layout) - n_query :][None].to(device)
+    tokens = LayoutBatch.of(layout).tokens[:, len(layout) - n_query :].to(device)
     # An explicit all-ones mask: TL would otherwise infer padding from the pad token id,
-    # which for many tokenizers is also a real generated token (EOS).
+    # which for many tokenizers is also a real generated token (EOS). Pads are hidden
+    # keys (`hooks.batch_hidden`), so TL's own padding logic never runs and its rotary
+    # and learned positions stay physical (the position hooks move them).
     attention_mask = torch.ones_like(tokens)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         return model(tokens, attention_mask=attention_mask, past_kv_cache=past_kv_cache)
 
 
-def mechanism_hooks(model: HookedTransformer, layout: Layout, isolate: bool) -> list[Hook]:
-    """Position hooks plus, when `isolate`, isolation hooks: what makes a layout a layout."""
-    return position_hooks(model, layout) + (isolation_hooks(layout) if isolate else [])
+def mechanism_hooks(
+    model: HookedTransformer,
+    layout: Layout | LayoutBatch,
+    isolate: bool,
+    n_query: int | None = None,
+    hidden: torch.Tensor | None = None,
+) -> list[Hook]:
+    """Position hooks plus the mask (pads, isolation when `isolate`, and any extra
+    `hidden` `[batch, q, n]`) for the last `n_query` queries: what makes a layout a
+    layout."""
+    mask = batch_hidden(layout, isolate, n_query)
+    if hidden is not None:
+        mask = mask | hidden
+    masks = mask_hooks(layout, mask) if bool(mask.any()) else []
+    return position_hooks(model, layout) + masks
 
 
 def forward(
     model: HookedTransformer,
-    layout: Layout,
+    layout: Layout | Sequence[Layout],
     *,
     isolate: bool = True,
     fwd_hooks: Sequence[Hook] = (),
-    cache: Iterable[str] | bool | None = None,
-) -> tuple[torch.Tensor, ActivationCache | None]:
+    cache: Iterable[CacheName] | bool | None = None,
+) -> tuple[Any, Any]:
     """Replay a whole layout in one forward: logits `[1, n, d_vocab]` and, if `cache`
     names hooks (or is True for all), a TL `ActivationCache` of them.
 
+    A list of layouts (any lengths) runs as one right-padded batch with per-row
+    positions and masks; it returns a list of logits `[1, n_b, d_vocab]` and a list of
+    caches (or None), each exactly what that layout's own replay gives (pads removed).
+
     `fwd_hooks` run after the mechanism's own hooks at the same hook point, so they see
-    logical positions and the isolation mask already applied."""
-    _check_fits(model, len(layout))
+    logical positions and the isolation mask already applied (on a batch: the padded
+    `[batch, ...]` activations)."""
+    single = isinstance(layout, Layout)
+    layouts = [layout] if single else list(layout)  # type: ignore[list-item]
+    batch = LayoutBatch.of(layouts)
+    _check_fits(model, len(batch))
     store: dict[str, torch.Tensor] = {}
     capture: list[Hook] = []
     if cache:
         names = list(model.hook_dict) if cache is True else resolve_hook_names(model, cache)
         capture = _capture_hooks(names, store)
-    hooks = mechanism_hooks(model, layout, isolate) + list(fwd_hooks) + capture
-    logits = _model_forward(model, layout, len(layout), hooks, None)
-    return logits, (ActivationCache(store, model) if cache else None)
+    hooks = mechanism_hooks(model, batch, isolate) + list(fwd_hooks) + capture
+    logits = _model_forward(model, batch, len(batch), hooks, None)
+    if single:
+        return logits, (ActivationCache(store, model) if cache else None)
+    rows, caches = [], []
+    for b in range(len(layouts)):
+        cols = batch.real_columns(b)
+        rows.append(logits[b : b + 1, cols])
+        acts = {k: unpad_rows(k, v, b, cols, cols, len(batch))[None] for k, v in store.items()}
+        caches.append(ActivationCache(acts, model))
+    return rows, (caches if cache else None)
+
+
+def unpad_rows(
+    name: str,
+    act: torch.Tensor,
+    row: int,
+    query_cols: torch.Tensor,
+    key_cols: torch.Tensor,
+    n: int,
+) -> torch.Tensor:
+    """Row `row` of an activation captured on a padded grid of `n` columns, pads
+    removed: `query_cols` / `key_cols` are the row's own physical columns; the activation
+    covers the grid's last queries (all n without a KV cache)."""
+    x = act[row]
+    if name.endswith(("hook_pattern", "hook_attn_scores")):
+        return x[..., query_cols - (n - x.shape[-2]), :][..., key_cols]
+    if name.endswith("hook_rot_k"):
+        return x[key_cols]  # re-rotated over all keys on every call, cached or not
+    return x[query_cols - (n - x.shape[0])]
 
 
 def _check_fits(model: HookedTransformer, n: int) -> None:
@@ -143,26 +223,6 @@ def _check_fits(model: HookedTransformer, n: int) -> None:
         raise TempoError(
             f"{n} tokens exceed the model's context of {model.cfg.n_ctx}; shorten the input"
         )
-
-
-# ---------------------------------------------------------------------------------------
-# Generation
-# ---------------------------------------------------------------------------------------
-
-Threshold = float | Callable[[int, int], float]
-
-
-def _validate(
-    threshold: Threshold, max_steps: int, next_from: str, max_parallel: int | None
-) -> None:
-    if not callable(threshold) and not (0.0 < float(threshold) <= 1.0):
-        raise TempoError(f"threshold must lie in (0, 1], got {threshold}")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise TempoError(f"max_steps must be an integer >= 1, got {max_steps}")
-    if next_from not in NEXT_FROM:
-        raise TempoError(f"next_from must be one of {', '.join(NEXT_FROM)}, got {next_from!r}")
-    if max_parallel is not None and (not isinstance(max_parallel, int) or max_parallel < 1):
-        raise TempoError(f"max_parallel must be an integer >= 1 or None, got {max_parallel}")
 
 
 def tokenize(model: HookedTransformer, prompt: str | Sequence[int] | torch.Tensor) -> list[int]:
@@ -185,132 +245,492 @@ def token_strings(model: HookedTransformer, tokens: Sequence[int]) -> list[str]:
     return model.tokenizer.batch_decode([[t] for t in tokens], clean_up_tokenization_spaces=False)
 
 
+# ---------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------
+
+Threshold = float | Callable[[int, int], float]
+Prompt = str | Sequence[int] | torch.Tensor
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Every setting of one generation; `to_dict()` is what `TempoRun.config` holds."""
+
+    threshold: Threshold = 0.1
+    max_steps: int = 15
+    isolate: bool = True
+    next_from: str = "mixture"
+    max_parallel: int | None = None
+    eos_token_id: int | None = None
+    use_kv_cache: bool = True
+    prune: float | None = None
+
+    def __post_init__(self) -> None:
+        _validate(self.threshold, self.max_steps, self.next_from, self.max_parallel)
+        if self.prune is not None and not (0.0 < float(self.prune) < math.inf):
+            raise TempoError(f"prune must be a ratio > 0 (e.g. 0.5) or None, got {self.prune}")
+
+    def threshold_at(self, step: int) -> float:
+        t = self.threshold
+        return t(step, self.max_steps) if callable(t) else float(t)
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.threshold
+        out = {
+            "threshold": t if not callable(t) else getattr(t, "spec", repr(t)),
+            "max_steps": self.max_steps,
+            "isolate": self.isolate,
+            "next_from": self.next_from,
+            "max_parallel": self.max_parallel,
+            "eos_token_id": self.eos_token_id,
+            "use_kv_cache": self.use_kv_cache,
+        }
+        if self.prune is not None:
+            out["prune"] = self.prune
+        return out
+
+
+def _validate(
+    threshold: Threshold, max_steps: int, next_from: str, max_parallel: int | None
+) -> None:
+    if not callable(threshold) and not (0.0 < float(threshold) <= 1.0):
+        raise TempoError(f"threshold must lie in (0, 1], got {threshold}")
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise TempoError(f"max_steps must be an integer >= 1, got {max_steps}")
+    if next_from not in NEXT_FROM:
+        raise TempoError(f"next_from must be one of {', '.join(NEXT_FROM)}, got {next_from!r}")
+    if max_parallel is not None and (not isinstance(max_parallel, int) or max_parallel < 1):
+        raise TempoError(f"max_parallel must be an integer >= 1 or None, got {max_parallel}")
+
+
+def prune_rule(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """The original TEMPO retroactive-pruning rule on one set's members' attention
+    scores: a member is pruned when its score is <= `ratio` x the set's mean score."""
+    return scores <= ratio * scores.mean()
+
+
+class Decoder:
+    """A batch of layouts on one TL KV cache. `forward()` runs the newest block (every
+    column not yet in the cache) and returns its logits `[batch, q, vocab]`;
+    `append(...)` adds the next step's sets; `keep(rows)` lets the other rows leave;
+    `hide(row, col, after_step)` hides a key from every query of a later step.
+
+    With `track_attention`, each forward also adds up, per key, the attention (mean over
+    layers and heads) it receives from the newest block's queries of later steps
+    (`attention_received`, `queries_seen`): the scores live pruning reads."""
+
+    def __init__(
+        self,
+        model: HookedTransformer,
+        layouts: Sequence[Layout],
+        *,
+        isolate: bool,
+        use_kv_cache: bool = True,
+        fwd_hooks: Sequence[Hook] = (),
+        track_attention: bool = False,
+    ):
+        self.model = model
+        self.isolate = isolate
+        self.fwd_hooks = list(fwd_hooks)
+        self.track_attention = track_attention
+        self.batch = LayoutBatch.of(list(layouts))
+        shape = self.batch.tokens.shape
+        # Per key, [batch, n]: the step after which it is hidden (inf: never), attention
+        # received from later steps' queries, and how many such queries saw it.
+        self.hidden_after = torch.full(shape, math.inf)
+        self.attention_received = torch.zeros(shape, dtype=torch.float64)
+        self.queries_seen = torch.zeros(shape, dtype=torch.float64)
+        self.kv = (
+            TransformerLensKeyValueCache.init_cache(
+                model.cfg, model.cfg.device, self.batch.batch_size
+            )
+            if use_kv_cache
+            else None
+        )
+        self.block_start = 0  # first column of the newest block
+        self.cached = 0  # columns already in the KV cache
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def _per_key(self) -> list[str]:
+        return ["hidden_after", "attention_received", "queries_seen"]
+
+    def forward(self, capture: Sequence[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        n = len(self.batch)
+        n_query = n - self.cached if self.kv is not None else n
+        q_step = self.batch.step[:, n - n_query :].to(torch.float64)
+        hidden = q_step[:, :, None] > self.hidden_after[:, None, :]
+        store: dict[str, torch.Tensor] = {}
+        hooks = mechanism_hooks(self.model, self.batch, self.isolate, n_query, hidden)
+        hooks += self.fwd_hooks + _capture_hooks(capture, store)
+        received: list[torch.Tensor] = []
+        if self.track_attention:
+
+            def add(pattern: torch.Tensor, hook: HookPoint) -> None:
+                received.append(pattern.detach().double().mean(1).cpu())  # [batch, q, n]
+
+            hooks.append((lambda name: name.endswith("attn.hook_pattern"), add))
+        logits = _model_forward(self.model, self.batch, n_query, hooks, self.kv)
+        if received:
+            self._add_attention(torch.stack(received).mean(0))
+        self.cached = n
+        return logits, store
+
+    def _add_attention(self, attn: torch.Tensor) -> None:
+        """Add the newest block's queries' attention to keys of earlier steps."""
+        n = len(self.batch)
+        q0 = self.block_start
+        attn = attn[:, q0 - (n - attn.shape[1]) :]
+        s_q = self.batch.step[:, q0:, None]
+        later = (s_q > self.batch.step[:, None, :]) & (self.batch.step[:, None, :] >= 0)
+        self.attention_received += (attn * later).sum(1)
+        self.queries_seen += later.sum(1)
+
+    def hide(self, row: int, col: int, after_step: int) -> None:
+        self.hidden_after[row, col] = after_step
+
+    def append(
+        self, members: Sequence[Sequence[int]], positions: Sequence[float], step: int
+    ) -> None:
+        self.block_start = len(self.batch)
+        self.batch = self.batch.append_block(members, positions, [step] * len(members))
+        extra = self.batch.tokens.shape[1] - self.hidden_after.shape[1]
+        for name in self._per_key():
+            old = getattr(self, name)
+            fill = math.inf if name == "hidden_after" else 0.0
+            setattr(self, name, torch.cat([old, old.new_full((len(members), extra), fill)], 1))
+
+    def block_columns(self, row: int) -> torch.Tensor:
+        """Row `row`'s own columns in the newest block."""
+        cols = self.batch.real_columns(row)
+        return cols[cols >= self.block_start]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only batch rows `rows` (in that order); drop columns that are now pads in
+        every row (physical positions shift; the position hooks follow)."""
+        if list(rows) == list(range(self.batch.batch_size)):
+            return
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        batch = self.batch.select_rows(rows)
+        cols = (~batch.pad).any(0).nonzero().flatten()
+        self.batch = batch.select_columns(cols)
+        for name in self._per_key():
+            setattr(self, name, getattr(self, name)[idx][:, cols])
+        self.block_start = int((cols < self.block_start).sum())
+        if self.kv is not None:
+            dev_cols = cols[cols < self.cached]
+            for entry in self.kv.entries:
+                keep_cols = dev_cols.to(entry.past_keys.device)
+                rows_dev = idx.to(entry.past_keys.device)
+                entry.past_keys = entry.past_keys[rows_dev][:, keep_cols]
+                entry.past_values = entry.past_values[rows_dev][:, keep_cols]
+            mask = self.kv.previous_attention_mask
+            self.kv.previous_attention_mask = mask[idx.to(mask.device)][:, dev_cols.to(mask.device)]
+            self.cached = int(dev_cols.numel())
+
+
+@dataclass
+class _Row:
+    """One prompt's generation so far."""
+
+    layout: Layout
+    steps: list[ParallelSet] = field(default_factory=list)
+    topk_ids: list[torch.Tensor] = field(default_factory=list)
+    topk_probs: list[torch.Tensor] = field(default_factory=list)
+    activations: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    logits: list[torch.Tensor] = field(default_factory=list)
+    probs: torch.Tensor | None = None
+    stop_reason: str | None = None
+    redo: bool = False
+    pruned: list[PrunedMember] = field(default_factory=list)
+
+
+class _Generation:
+    """The loop shared by `generate` and `generate_stream`: `sets()` yields
+    `(row, ParallelSet)` as each is chosen; afterwards `rows` holds every row's result."""
+
+    def __init__(
+        self,
+        model: HookedTransformer,
+        prompts: list[list[int]],
+        config: GenerateConfig,
+        names: list[str],
+        keep_logits: bool,
+        fwd_hooks: Sequence[Hook],
+    ):
+        self.model, self.config, self.names = model, config, names
+        self.keep_logits = keep_logits
+        self.rows = [
+            _Row(Layout.from_prompt(p), activations={n: [] for n in names}) for p in prompts
+        ]
+        self.decoder = Decoder(
+            model,
+            [r.layout for r in self.rows],
+            isolate=config.isolate,
+            use_kv_cache=config.use_kv_cache,
+            fwd_hooks=fwd_hooks,
+            track_attention=config.prune is not None,
+        )
+        self.live = list(range(len(prompts)))  # run index of every batch row
+
+    def _forward(self, first: bool) -> None:
+        """One forward over the newest block; record each row's rows and captures and
+        the distribution its next set is selected from."""
+        dec, cfg = self.decoder, self.config
+        logits, store = dec.forward(self.names)
+        n = len(dec)
+        for b, i in enumerate(self.live):
+            row = self.rows[i]
+            q_cols = dec.block_columns(b)
+            rows = logits[b, q_cols - (n - logits.shape[1])]
+            for name in self.names:
+                key_cols = dec.batch.real_columns(b)
+                act = unpad_rows(name, store[name], b, q_cols, key_cols, n)
+                row.activations[name].append(act.cpu())
+            if self.keep_logits:
+                row.logits.append(rows.detach().cpu())
+            if first:
+                row.probs = torch.softmax(rows[-1].float(), -1)
+            elif row.stop_reason is None:
+                row.probs = next_distribution(rows, row.steps[-1].probs, cfg.next_from)
+            if cfg.prune is not None and not first:
+                self._prune(b, row)
+
+    def _prune(self, b: int, row: _Row) -> None:
+        """Live retroactive pruning after the forward of the row's newest set: every
+        earlier multi-member set's members are scored by the mean attention the later
+        steps' queries paid them so far; `prune_rule` failures are hidden from every
+        query of a later step."""
+        dec, step = self.decoder, len(row.steps) - 1
+        cols = dec.batch.real_columns(b)
+        key_step = dec.batch.step[b, cols]
+        seen = dec.queries_seen[b, cols]
+        score = dec.attention_received[b, cols] / seen.clamp(min=1)
+        for s in range(step):
+            members = (key_step == s).nonzero().flatten()
+            if members.numel() < 2:
+                continue
+            fails = prune_rule(score[members], float(self.config.prune))  # type: ignore[arg-type]
+            for j in fails.nonzero().flatten().tolist():
+                col = int(cols[members[j]])
+                if dec.hidden_after[b, col] < math.inf:
+                    continue  # already pruned
+                dec.hide(b, col, step)
+                token = row.steps[s].tokens[j]
+                row.pruned.append(PrunedMember(step, s, j, token, float(score[members[j]])))
+
+    def sets(self) -> Iterator[tuple[int, ParallelSet]]:
+        cfg, model = self.config, self.model
+        n_ctx = model.cfg.n_ctx
+        capture = bool(self.names or self.keep_logits)
+        self._forward(first=True)
+        for step in range(cfg.max_steps):
+            thr = cfg.threshold_at(step)
+            chosen: dict[int, list[int]] = {}
+            for i in self.live:
+                row = self.rows[i]
+                assert row.probs is not None
+                members, member_probs = select(row.probs, thr, cfg.max_parallel, cfg.eos_token_id)
+                if len(row.layout) + len(members) > n_ctx:
+                    row.stop_reason = "n_ctx"
+                    continue
+                top = torch.topk(row.probs, min(TOP_K, row.probs.shape[-1]))
+                row.topk_ids.append(top.indices.cpu())
+                row.topk_probs.append(top.values.cpu())
+                ps = ParallelSet(members, member_probs, row.layout.next_position)
+                row.steps.append(ps)
+                row.layout = row.layout.append_set(members)
+                if cfg.eos_token_id is not None and members[0] == cfg.eos_token_id:
+                    row.stop_reason = "eos"
+                elif step == cfg.max_steps - 1:
+                    row.stop_reason = "max_steps"
+                chosen[i] = members
+                yield i, ps
+            # Rows whose set is still read (or captured) stay; the others leave.
+            need = [i for i in self.live if i in chosen and (row_open(self.rows[i]) or capture)]
+            if not need:
+                break
+            self._keep(need)
+            width = max(len(chosen[i]) for i in self.live)
+            if len(self.decoder) + width > n_ctx:  # padding alone would overflow
+                for i in self.live:
+                    self.rows[i].redo = True
+                break
+            self.decoder.append(
+                [chosen[i] for i in self.live],
+                [self.rows[i].steps[-1].position for i in self.live],
+                step,
+            )
+            self._forward(first=False)
+            self._keep([i for i in self.live if row_open(self.rows[i])])
+        for row in self.rows:
+            row.stop_reason = row.stop_reason or "max_steps"
+
+    def _keep(self, runs: list[int]) -> None:
+        self.decoder.keep([self.live.index(i) for i in runs])
+        self.live = runs
+
+    def run(self, row: _Row, prompt: Prompt, seconds: float) -> TempoRun:
+        return TempoRun(
+            prompt=prompt if isinstance(prompt, str) else None,
+            model_name=self.model.cfg.model_name,
+            config=self.config.to_dict(),
+            layout=row.layout,
+            steps=row.steps,
+            token_strs=token_strings(self.model, row.layout.tokens.tolist()),
+            topk_ids=torch.stack(row.topk_ids)
+            if row.topk_ids
+            else torch.zeros(0, TOP_K, dtype=torch.long),
+            topk_probs=torch.stack(row.topk_probs) if row.topk_probs else torch.zeros(0, TOP_K),
+            stop_reason=row.stop_reason or "max_steps",
+            seconds=seconds,
+            activations=row.activations,
+            logits=row.logits if self.keep_logits else None,
+            pruned=row.pruned,
+        )
+
+
+def row_open(row: _Row) -> bool:
+    return row.stop_reason is None
+
+
 def generate(
     model: HookedTransformer,
-    prompt: str | Sequence[int] | torch.Tensor,
+    prompt: Prompt | list[Prompt],
     *,
     threshold: Threshold = 0.1,
-    max_steps: int = 15,
+    max_steps: int | None = None,
+    max_new_tokens: int | None = None,
     isolate: bool = True,
     next_from: str = "mixture",
     max_parallel: int | None = None,
-    cache: Iterable[str] | None = None,
+    cache: Iterable[CacheName] | None = None,
     progress: bool = False,
     use_kv_cache: bool = True,
     keep_logits: bool = False,
     fwd_hooks: Sequence[Hook] = (),
     eos_token_id: int | None = -1,
-) -> TempoRun:
+    prune: float | None = None,
+) -> Any:
     """Generate with TEMPO: at each logical step keep every token whose probability
     passes `threshold` (DESIGN.md's selection rule), append the set at one shared
     position, and run one forward with the set as the query block.
 
-    `threshold` may be a callable `(step, max_steps) -> float` (dynamic schedules).
-    `cache` names hooks to capture at every forward (TL names or suffixes).
-    `use_kv_cache=False` recomputes the whole layout every step (the reference path).
-    `keep_logits` stores each forward's logit rows in the run. `eos_token_id=-1` means
-    the tokenizer's EOS; None disables EOS stopping.
+    `prompt`: text or token ids (returns one TempoRun), or a list of them (returns a list
+    of TempoRun, one per prompt, generated as one batch: one forward per step for all
+    rows; each equals its own single run). `threshold` may be a callable
+    `(step, max_steps) -> float` (dynamic schedules). `max_new_tokens` is an alias of
+    `max_steps` (logical steps; default 15). `cache` names hooks to capture at every
+    forward (TL names, suffixes such as "hook_pattern", short names such as "pattern",
+    or `(name, layer)` pairs). `use_kv_cache=False` recomputes the whole layout every step
+    (the reference path). `keep_logits` stores each forward's logit rows in the run.
+    `eos_token_id=-1` means the tokenizer's EOS; None disables EOS stopping. `prune`
+    (off by default): live retroactive pruning with that ratio (see `prune_step`).
+    On a batch, `fwd_hooks` see the padded `[batch, ...]` activations, and each run's
+    `seconds` is the batch's wall time divided by the number of prompts.
     """
-    _validate(threshold, max_steps, next_from, max_parallel)
-    prompt_tokens = tokenize(model, prompt)
-    n_ctx = model.cfg.n_ctx
-    if len(prompt_tokens) >= n_ctx:
-        raise TempoError(
-            f"the prompt has {len(prompt_tokens)} tokens but the model's context is {n_ctx}; "
-            "shorten the prompt"
-        )
-    names = resolve_hook_names(model, cache) if cache else []
+    config, names = _settings(
+        model,
+        threshold,
+        max_steps,
+        max_new_tokens,
+        isolate,
+        next_from,
+        max_parallel,
+        cache,
+        use_kv_cache,
+        eos_token_id,
+        prune,
+    )
+    single = not _is_batch(prompt)
+    prompts: list[Prompt] = [prompt] if single else list(prompt)  # type: ignore[list-item]
+    if not prompts:
+        raise TempoError("the list of prompts is empty; give at least one prompt")
+    tokens = [_prompt_tokens(model, p) for p in prompts]
+    t0 = time.perf_counter()
+    gen = _Generation(model, tokens, config, names, keep_logits, fwd_hooks)
+    bar = _progress(config.max_steps * len(prompts), progress)
+    for _ in gen.sets():
+        bar.update(1)
+    bar.close()
+    seconds = (time.perf_counter() - t0) / len(prompts)
+    runs = []
+    for row, p, toks in zip(gen.rows, prompts, tokens, strict=True):
+        if row.redo:  # the padded batch outgrew the context; this row alone does not
+            redo = _Generation(model, [toks], config, names, keep_logits, fwd_hooks)
+            for _ in redo.sets():
+                pass
+            row = redo.rows[0]
+        runs.append(gen.run(row, p, seconds))
+    return runs[0] if single else runs
+
+
+def generate_stream(
+    model: HookedTransformer, prompt: Prompt, **kwargs: Any
+) -> Iterator[ParallelSet]:
+    """Yield each ParallelSet of a single-prompt `generate` as soon as it is chosen
+    (same arguments as `generate`, minus `progress`)."""
+    kwargs.pop("progress", None)
+    keep_logits = bool(kwargs.pop("keep_logits", False))
+    fwd_hooks = kwargs.pop("fwd_hooks", ())
+    config, names = _settings(model, **kwargs)
+    gen = _Generation(model, [_prompt_tokens(model, prompt)], config, names, keep_logits, fwd_hooks)
+    for _, ps in gen.sets():
+        yield ps
+
+
+def _settings(
+    model: HookedTransformer,
+    threshold: Threshold = 0.1,
+    max_steps: int | None = None,
+    max_new_tokens: int | None = None,
+    isolate: bool = True,
+    next_from: str = "mixture",
+    max_parallel: int | None = None,
+    cache: Iterable[CacheName] | None = None,
+    use_kv_cache: bool = True,
+    eos_token_id: int | None = -1,
+    prune: float | None = None,
+) -> tuple[GenerateConfig, list[str]]:
+    if max_steps is not None and max_new_tokens is not None and max_steps != max_new_tokens:
+        raise TempoError("give max_steps or max_new_tokens (an alias), not both")
+    steps = max_steps if max_steps is not None else max_new_tokens
     if eos_token_id == -1:
         eos_token_id = getattr(model.tokenizer, "eos_token_id", None)
+    config = GenerateConfig(
+        threshold=threshold,
+        max_steps=15 if steps is None else steps,
+        isolate=isolate,
+        next_from=next_from,
+        max_parallel=max_parallel,
+        eos_token_id=eos_token_id,
+        use_kv_cache=use_kv_cache,
+        prune=prune,
+    )
+    return config, resolve_hook_names(model, cache) if cache else []
 
-    t0 = time.perf_counter()
-    layout = Layout.from_prompt(prompt_tokens)
-    kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-    activations: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    logit_rows: list[torch.Tensor] = []
 
-    def run_block(n_query: int) -> torch.Tensor:
-        store: dict[str, torch.Tensor] = {}
-        hooks = mechanism_hooks(model, layout, isolate) + list(fwd_hooks)
-        hooks += _capture_hooks(names, store)
-        if use_kv_cache:
-            logits = _model_forward(model, layout, n_query, hooks, kv)[0]
-        else:
-            logits = _model_forward(model, layout, len(layout), hooks, None)[0, -n_query:]
-            store = {k: _last_queries(k, v, n_query) for k, v in store.items()}
-        for name in names:
-            activations[name].append(store[name][0].cpu())
-        if keep_logits:
-            logit_rows.append(logits.detach().cpu())
-        return logits
-
-    steps: list[ParallelSet] = []
-    topk_ids: list[torch.Tensor] = []
-    topk_probs: list[torch.Tensor] = []
-    stop_reason = "max_steps"
-    rows = run_block(len(layout))
-    probs = torch.softmax(rows[-1].float(), -1)
-    bar = _progress(max_steps, progress)
-    for step in range(max_steps):
-        thr = threshold(step, max_steps) if callable(threshold) else threshold
-        members, member_probs = select(probs, thr, max_parallel, eos_token_id)
-        if len(layout) + len(members) > n_ctx:
-            stop_reason = "n_ctx"
-            break
-        top = torch.topk(probs, min(TOP_K, probs.shape[-1]))
-        topk_ids.append(top.indices.cpu())
-        topk_probs.append(top.values.cpu())
-        steps.append(ParallelSet(members, member_probs, layout.next_position))
-        layout = layout.append_set(members)
-        bar.update(1)
-        if eos_token_id is not None and members[0] == eos_token_id:
-            stop_reason = "eos"
-            break
-        if step == max_steps - 1 and not (names or keep_logits):
-            break  # the last set's rows are only needed for capture
-        rows = run_block(len(members))
-        probs = next_distribution(rows, member_probs, next_from)
-    bar.close()
-    if stop_reason == "eos" and (names or keep_logits):
-        run_block(len(steps[-1]))
-
-    return TempoRun(
-        prompt=prompt if isinstance(prompt, str) else None,
-        model_name=model.cfg.model_name,
-        config={
-            "threshold": threshold
-            if not callable(threshold)
-            else getattr(threshold, "spec", repr(threshold)),
-            "max_steps": max_steps,
-            "isolate": isolate,
-            "next_from": next_from,
-            "max_parallel": max_parallel,
-            "eos_token_id": eos_token_id,
-            "use_kv_cache": use_kv_cache,
-        },
-        layout=layout,
-        steps=steps,
-        token_strs=token_strings(model, layout.tokens.tolist()),
-        topk_ids=torch.stack(topk_ids) if topk_ids else torch.zeros(0, TOP_K, dtype=torch.long),
-        topk_probs=torch.stack(topk_probs) if topk_probs else torch.zeros(0, TOP_K),
-        stop_reason=stop_reason,
-        seconds=time.perf_counter() - t0,
-        activations=activations,
-        logits=logit_rows if keep_logits else None,
+def _is_batch(prompt: Any) -> bool:
+    """A list (or tuple) of prompts, not one prompt given as a list of token ids."""
+    return isinstance(prompt, list | tuple) and any(
+        not isinstance(p, int) and not (isinstance(p, torch.Tensor) and p.ndim == 0) for p in prompt
     )
 
 
-def _last_queries(name: str, act: torch.Tensor, n_query: int) -> torch.Tensor:
-    """Cut a full-recompute activation down to what the cached path captures: the query
-    rows of the new block (patterns and scores keep all keys)."""
-    if name.endswith(("hook_pattern", "hook_attn_scores")):
-        return act[..., -n_query:, :]
-    if name.endswith("hook_rot_k"):
-        return act  # re-rotated over all keys on every call, cached or not
-    return act[:, -n_query:]
+def _prompt_tokens(model: HookedTransformer, prompt: Prompt) -> list[int]:
+    tokens = tokenize(model, prompt)
+    n_ctx = model.cfg.n_ctx
+    if len(tokens) >= n_ctx:
+        raise TempoError(
+            f"the prompt has {len(tokens)} tokens but the model's context is {n_ctx}; "
+            "shorten the prompt"
+        )
+    return tokens
 
 
 def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, unit="step", file=sys.stderr, leave=False)
+    return tqdm(total=total, disable=not enabled, unit="set", file=sys.stderr, leave=False)

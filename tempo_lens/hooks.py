@@ -16,17 +16,18 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from jaxtyping import Bool, Float
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
 from tempo_lens.errors import TempoError
-from tempo_lens.layout import Layout
+from tempo_lens.layout import PAD_STEP, Layout, LayoutBatch
 
 HookFn = Callable[[torch.Tensor, HookPoint], torch.Tensor | None]
 Hook = tuple[Any, HookFn]
 
 
-def _check_keys(layout: Layout, n_keys: int, where: str) -> None:
+def _check_keys(layout: Layout | LayoutBatch, n_keys: int, where: str) -> None:
     if n_keys != len(layout):
         raise TempoError(
             f"{where}: the forward saw {n_keys} keys but the layout has {len(layout)} "
@@ -92,16 +93,16 @@ def _block_is_zero(nonzero_cumsum: list[int], start: int, stop: int) -> bool:
     return nonzero_cumsum[stop - 1] - before == 0
 
 
-def _rotary_position_hooks(model: HookedTransformer, layout: Layout) -> list[Hook]:
+def _rotary_position_hooks(model: HookedTransformer, batch: LayoutBatch) -> list[Hook]:
     cfg = model.cfg
     if cfg.use_dynamic_ntk_rope:
         raise TempoError(
             "dynamic-NTK rotary (Qwen-1) rescales its table at run time; "
             "logical positions are not supported for it"
         )
-    n = len(layout)
-    delta = layout.positions.to(torch.float64) - torch.arange(n, dtype=torch.float64)
-    nonzero = (delta != 0).cumsum(0).tolist()
+    n = len(batch)
+    delta = batch.positions.to(torch.float64) - torch.arange(n, dtype=torch.float64)  # [b, n]
+    nonzero = (delta != 0).any(0).cumsum(0).tolist()
     if nonzero[-1] == 0:
         return []
     first_moved = nonzero.index(1)
@@ -114,16 +115,18 @@ def _rotary_position_hooks(model: HookedTransformer, layout: Layout) -> list[Hoo
         if key not in tables:  # computed once per distinct table, shared by all layers
             # Full-head tables (cos 1, sin 0 past rotary_dim) with rotate_every_two's signs
             # folded into sin: a hook is then 4 tensor ops, with no clone and no concat.
-            theta = delta[:, None] * angles[None, :]
-            cos_full = torch.ones(n, cfg.d_head, dtype=torch.float64)
-            sin_full = torch.zeros(n, cfg.d_head, dtype=torch.float64)
-            cos_full[:, :rd] = theta.cos()
-            sin_full[:, :rd] = theta.sin()
+            # Only columns from the first moved one on are ever read.
+            theta = delta[:, first_moved:, None] * angles
+            shape = (*theta.shape[:2], cfg.d_head)
+            cos_full = torch.ones(shape, dtype=torch.float64)
+            sin_full = torch.zeros(shape, dtype=torch.float64)
+            cos_full[..., :rd] = theta.cos()
+            sin_full[..., :rd] = theta.sin()
             sin_full *= sign
             dev = attn.rotary_sin.device
             tables[key] = (
-                cos_full.to(device=dev, dtype=cfg.dtype)[None, :, None, :],
-                sin_full.to(device=dev, dtype=cfg.dtype)[None, :, None, :],
+                cos_full.to(device=dev, dtype=cfg.dtype)[:, :, None, :],
+                sin_full.to(device=dev, dtype=cfg.dtype)[:, :, None, :],
                 perm.to(dev),
             )
         cos, sin, perm_dev = tables[key]
@@ -136,15 +139,16 @@ def _rotary_position_hooks(model: HookedTransformer, layout: Layout) -> list[Hoo
             # Rows before the first moved token keep their rotation: leave them untouched.
             skip = max(0, first_moved - start)
             part = x[:, skip:] if skip else x
+            a, b = start + skip - first_moved, stop - first_moved
             # x * cos + rotate_every_two(x) * sin, with rotate_every_two(x) = x[perm] * sign
-            rotated = part * cos[:, start + skip : stop] + flip(part) * sin[:, start + skip : stop]
+            rotated = part * cos[:, a:b] + flip(part) * sin[:, a:b]
             return torch.cat([x[:, :skip], rotated], dim=1) if skip else rotated
 
         def q_hook(q: torch.Tensor, hook: HookPoint, rotate=rotate) -> torch.Tensor:
             return rotate(q, n - q.shape[1])
 
         def k_hook(k: torch.Tensor, hook: HookPoint, rotate=rotate) -> torch.Tensor:
-            _check_keys(layout, k.shape[1], hook.name or "hook_rot_k")
+            _check_keys(batch, k.shape[1], hook.name or "hook_rot_k")
             return rotate(k, 0)
 
         hooks.append((f"blocks.{layer}.attn.hook_rot_q", q_hook))
@@ -152,8 +156,8 @@ def _rotary_position_hooks(model: HookedTransformer, layout: Layout) -> list[Hoo
     return hooks
 
 
-def _learned_position_hooks(model: HookedTransformer, layout: Layout) -> list[Hook]:
-    positions = layout.positions
+def _learned_position_hooks(model: HookedTransformer, batch: LayoutBatch) -> list[Hook]:
+    positions = batch.positions
     if positions.is_floating_point():
         if not torch.equal(positions, positions.round()):
             raise TempoError(
@@ -162,20 +166,20 @@ def _learned_position_hooks(model: HookedTransformer, layout: Layout) -> list[Ho
         positions = positions.long()
     if int(positions.max()) >= model.cfg.n_ctx or int(positions.min()) < 0:
         raise TempoError(f"logical positions must lie in [0, {model.cfg.n_ctx}) for this model")
-    if torch.equal(positions, torch.arange(len(layout))):
+    n = len(batch)
+    if torch.equal(positions, torch.arange(n).expand_as(positions)):
         return []
-    n = len(layout)
     pos_on_device = positions.to(model.W_pos.device)
 
     def pos_hook(pos_embed: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         q = pos_embed.shape[1]
-        return model.W_pos[pos_on_device[n - q :]].expand_as(pos_embed)
+        return model.W_pos[pos_on_device[:, n - q :]].expand_as(pos_embed)
 
     return [("hook_pos_embed", pos_hook)]
 
 
-def position_hooks(model: HookedTransformer, layout: Layout) -> list[Hook]:
-    """Hooks that put every token at its logical position.
+def position_hooks(model: HookedTransformer, layout: Layout | LayoutBatch) -> list[Hook]:
+    """Hooks that put every token at its logical position (per row for a LayoutBatch).
 
     Rotary models: TL rotates q and k at physical positions, then fires `hook_rot_q` /
     `hook_rot_k`; rotations compose (R(a)R(b) = R(a+b)), so rotating by
@@ -184,11 +188,12 @@ def position_hooks(model: HookedTransformer, layout: Layout) -> list[Hook]:
     Learned absolute positions: `hook_pos_embed` is replaced by `W_pos[logical]`.
     Returns [] when every token already sits at its physical position.
     """
+    batch = LayoutBatch.of(layout)
     kind = model.cfg.positional_embedding_type
     if kind == "rotary":
-        return _rotary_position_hooks(model, layout)
+        return _rotary_position_hooks(model, batch)
     if kind == "standard":
-        return _learned_position_hooks(model, layout)
+        return _learned_position_hooks(model, batch)
     raise TempoError(
         f"positional embedding type {kind!r} is not supported; "
         "use a rotary or learned-absolute-position model"
@@ -200,48 +205,82 @@ def position_hooks(model: HookedTransformer, layout: Layout) -> list[Hook]:
 # ---------------------------------------------------------------------------------------
 
 ATTN_SCORES = "attn.hook_attn_scores"
+Bias = float | Float[torch.Tensor, "batch heads"]
 
 
-def isolation_hooks(
-    layout: Layout,
+def batch_hidden(
+    layout: Layout | LayoutBatch, isolate: bool, n_query: int | None = None
+) -> Bool[torch.Tensor, "batch q n"]:
+    """`[b, q, k]` True where key k is hidden from query q: pad keys (from every query
+    but the pad itself) and, when `isolate`, a query's siblings. Only the last `n_query`
+    query rows (default all): O(q n) per generation step, not O(n^2)."""
+    batch = LayoutBatch.of(layout)
+    n = len(batch)
+    q = n if n_query is None else n_query
+    cols = torch.arange(n)
+    diag = cols[n - q :, None] == cols[None, :]
+    step = batch.step
+    hidden = (step == PAD_STEP)[:, None, :] & ~diag
+    if isolate:
+        s_q = step[:, n - q :, None]
+        hidden |= (s_q == step[:, None, :]) & (s_q >= 0) & ~diag
+    return hidden
+
+
+def mask_hooks(
+    layout: Layout | LayoutBatch,
+    hidden: Bool[torch.Tensor, "q n"] | Bool[torch.Tensor, "batch q n"],
     *,
     layers: Iterable[int] | None = None,
     heads: Iterable[int] | Mapping[int, Iterable[int]] | None = None,
-    bias: float = -math.inf,
+    bias: Bias = -math.inf,
 ) -> list[Hook]:
-    """Hooks that hide each set member from its siblings at `hook_attn_scores`.
+    """THE mask builder: add `bias` at `hook_attn_scores` to every (query, key) score
+    marked in `hidden`. Isolation, pads, pruning and every masking ablation are this one
+    hook with a different `hidden`.
 
-    `layers`: which layers (default all); `heads`: which query heads — one collection for
-    every chosen layer, or `{layer: heads}`; `bias`: what is added to same-set scores
-    (`-inf` is full isolation, 0 is visible, finite values are partial isolation). The
-    additive mask is built once per (query block, key length) and shared by all layers.
-    """
-    step = layout.step
+    `hidden` `[q, n]` or `[batch, q, n]`: its rows are the last q query rows of the layout
+    (q = n for a whole replay); a forward whose query block is shorter uses its last rows.
+    `layers`: which layers (default all); `heads`: which query heads, one collection for
+    every chosen layer or `{layer: heads}`; `bias`: a float (`-inf` hides, 0 does nothing,
+    finite values damp) or a `[batch, heads]` tensor of per-row, per-head biases. The
+    additive mask is built once per query block and shared by all layers."""
+    n = len(layout)
+    if hidden.ndim == 2:
+        hidden = hidden[None]
+    if hidden.ndim != 3 or hidden.shape[-1] != n:
+        raise TempoError(
+            f"hidden must be [q, {n}] or [batch, q, {n}] for this layout, got {tuple(hidden.shape)}"
+        )
     per_layer_heads: Mapping[int, Iterable[int]] | None = None
     if isinstance(heads, Mapping):
         per_layer_heads = heads
         if layers is None:
             layers = sorted(heads)
+    if layers is None and heads is not None:
+        raise TempoError("a head schedule needs layers: pass layers=... or heads={layer: heads}")
     masks: dict[tuple, torch.Tensor | None] = {}
 
     def mask_for(scores: torch.Tensor, head_sel: tuple[int, ...] | None) -> torch.Tensor | None:
         q, k = scores.shape[-2:]
-        key = (q, k, head_sel, scores.device, scores.dtype)
+        key = (q, head_sel, scores.device, scores.dtype)
         if key not in masks:
-            # Only the query rows of `layout.same_set()`: O(q k) per step, not O(n^2).
-            s_q = step[k - q : k, None]
-            block = (s_q == step[None, :k]) & (s_q >= 0)
-            block[:, k - q :].fill_diagonal_(False)
+            if q > hidden.shape[1]:
+                raise TempoError(
+                    f"the forward has {q} queries but hidden covers {hidden.shape[1]} rows; "
+                    "build hidden for the whole query block"
+                )
+            block = hidden[:, hidden.shape[1] - q :]
             if not bool(block.any()):
                 masks[key] = None
             else:
-                m = torch.zeros(q, k, dtype=scores.dtype).masked_fill_(block, bias)
-                if head_sel is None:
-                    m = m[None]
-                else:
-                    full = torch.zeros(scores.shape[1], q, k, dtype=scores.dtype)
-                    full[list(head_sel)] = m
-                    m = full
+                b = torch.as_tensor(bias, dtype=torch.float64)
+                b = b.to(scores.dtype)[:, :, None, None] if b.ndim else b.to(scores.dtype)
+                m = torch.where(block[:, None], b, torch.zeros((), dtype=scores.dtype))
+                if head_sel is not None:
+                    keep = torch.zeros(scores.shape[1], dtype=torch.bool)
+                    keep[list(head_sel)] = True
+                    m = torch.where(keep[None, :, None, None], m, 0.0)
                 masks[key] = m.to(scores.device)
         return masks[key]
 
@@ -253,13 +292,38 @@ def isolation_hooks(
 
         return hook
 
-    if layers is None and heads is None:
-        return [(lambda name: name.endswith(ATTN_SCORES), make_hook(None))]
     if layers is None:
-        raise TempoError("a head schedule needs layers: pass layers=... or heads={layer: heads}")
+        return [(lambda name: name.endswith(ATTN_SCORES), make_hook(None))]
     hooks: list[Hook] = []
     shared = None if heads is None or per_layer_heads else tuple(sorted(heads))  # type: ignore[arg-type]
     for layer in layers:
         sel = tuple(sorted(per_layer_heads[layer])) if per_layer_heads else shared
         hooks.append((f"blocks.{layer}.{ATTN_SCORES}", make_hook(sel)))
     return hooks
+
+
+def isolation_hooks(
+    layout: Layout | LayoutBatch,
+    *,
+    layers: Iterable[int] | None = None,
+    heads: Iterable[int] | Mapping[int, Iterable[int]] | None = None,
+    bias: Bias = -math.inf,
+) -> list[Hook]:
+    """Hooks that hide each set member from its siblings at `hook_attn_scores`
+    (`mask_hooks` with hidden = same set; pads of a LayoutBatch stay hidden everywhere).
+
+    `layers`: which layers (default all); `heads`: which query heads — one collection for
+    every chosen layer, or `{layer: heads}`; `bias`: what is added to same-set scores
+    (`-inf` is full isolation, 0 is visible, finite values are partial isolation)."""
+    batch = LayoutBatch.of(layout)
+    pads = batch_hidden(batch, isolate=False)
+    everywhere = layers is None and heads is None and _is_neg_inf(bias)
+    if everywhere:
+        return mask_hooks(layout, batch_hidden(batch, isolate=True))
+    same = batch_hidden(batch, isolate=True) & ~pads
+    hooks = mask_hooks(layout, same, layers=layers, heads=heads, bias=bias)
+    return hooks + (mask_hooks(layout, pads) if bool(pads.any()) else [])
+
+
+def _is_neg_inf(bias: Bias) -> bool:
+    return isinstance(bias, float | int) and bias == -math.inf

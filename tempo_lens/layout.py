@@ -29,6 +29,19 @@ class ParallelSet:
         return len(self.tokens)
 
 
+@dataclass(frozen=True)
+class PrunedMember:
+    """A member hidden by live retroactive pruning: member `member` (rank in its set) of
+    step `set_step`'s set, token `token`, hidden from every query of a step after `step`
+    (its attention score then: `score`)."""
+
+    step: int
+    set_step: int
+    member: int
+    token: int
+    score: float
+
+
 @dataclass
 class Layout:
     """`tokens`, `positions`, `step` — three aligned 1-D tensors of length n.
@@ -128,3 +141,107 @@ class Layout:
             "positions": self.positions.tolist(),
             "step": self.step.tolist(),
         }
+
+
+PAD_STEP = -2  # `step` value of a pad slot in a LayoutBatch
+
+
+@dataclass
+class LayoutBatch:
+    """Several layouts on one padded physical grid `[batch, n]`.
+
+    Row b holds layout b's tokens in physical order, with pad slots (`step == PAD_STEP`)
+    wherever the batch needs them: after a shorter layout (right padding), or after a
+    row's set inside a step block wider than it (generation). A pad is a hidden key: no
+    query but the pad itself attends to it (`hooks.batch_hidden`), so every row computes
+    exactly what its layout alone computes. Pads sit at their physical position, so they
+    move nothing."""
+
+    tokens: Int[torch.Tensor, "batch n"]
+    positions: Int[torch.Tensor, "batch n"] | Float[torch.Tensor, "batch n"]
+    step: Int[torch.Tensor, "batch n"]
+
+    def __post_init__(self) -> None:
+        if self.tokens.ndim != 2 or self.positions.shape != self.tokens.shape:
+            raise TempoError("LayoutBatch needs three 2-D tensors of equal shape")
+        if self.step.shape != self.tokens.shape:
+            raise TempoError("LayoutBatch needs three 2-D tensors of equal shape")
+
+    @classmethod
+    def of(cls, layouts: Layout | LayoutBatch | Sequence[Layout]) -> LayoutBatch:
+        """A batch of one Layout (broadcasts over any forward batch), or of several
+        right-padded to the longest."""
+        if isinstance(layouts, LayoutBatch):
+            return layouts
+        if isinstance(layouts, Layout):
+            return cls(layouts.tokens[None], layouts.positions[None], layouts.step[None])
+        layouts = list(layouts)
+        if not layouts:
+            raise TempoError("an empty batch of layouts; give at least one")
+        n = max(len(lay) for lay in layouts)
+        fractional = any(lay.positions.is_floating_point() for lay in layouts)
+        dtype = torch.float64 if fractional else torch.long
+        b = len(layouts)
+        tokens = torch.zeros(b, n, dtype=torch.long)
+        positions = torch.arange(n, dtype=dtype).repeat(b, 1)
+        step = torch.full((b, n), PAD_STEP, dtype=torch.long)
+        for i, lay in enumerate(layouts):
+            m = len(lay)
+            tokens[i, :m] = lay.tokens
+            positions[i, :m] = lay.positions.to(dtype)
+            step[i, :m] = lay.step
+        return cls(tokens, positions, step)
+
+    def __len__(self) -> int:
+        """Physical length n (the key length of a forward over the batch)."""
+        return int(self.tokens.shape[1])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def pad(self) -> Bool[torch.Tensor, "batch n"]:
+        return self.step == PAD_STEP
+
+    def real_columns(self, row: int) -> Int[torch.Tensor, "m"]:
+        """Physical columns of row `row`'s own tokens."""
+        return (self.step[row] != PAD_STEP).nonzero().flatten()
+
+    def row(self, row: int) -> Layout:
+        """Row `row`'s layout, pads removed."""
+        cols = self.real_columns(row)
+        return Layout(self.tokens[row, cols], self.positions[row, cols], self.step[row, cols])
+
+    def append_block(
+        self, members: Sequence[Sequence[int]], positions: Sequence[float], steps: Sequence[int]
+    ) -> LayoutBatch:
+        """Append one step block as wide as the widest row's `members`; row b's members
+        first, then pads (an empty list: all pads)."""
+        width = max(len(m) for m in members)
+        b = self.batch_size
+        tokens = torch.zeros(b, width, dtype=torch.long)
+        pos = torch.arange(len(self), len(self) + width, dtype=self.positions.dtype).repeat(b, 1)
+        step = torch.full((b, width), PAD_STEP, dtype=torch.long)
+        for i, (m, p, s) in enumerate(zip(members, positions, steps, strict=True)):
+            k = len(m)
+            tokens[i, :k] = torch.as_tensor(list(m), dtype=torch.long)
+            pos[i, :k] = p
+            step[i, :k] = s
+        return LayoutBatch(
+            torch.cat([self.tokens, tokens], 1),
+            torch.cat([self.positions, pos], 1),
+            torch.cat([self.step, step], 1),
+        )
+
+    def select_rows(self, rows: Sequence[int]) -> LayoutBatch:
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return LayoutBatch(self.tokens[idx], self.positions[idx], self.step[idx])
+
+    def select_columns(self, cols: torch.Tensor) -> LayoutBatch:
+        """Keep physical columns `cols`; pads keep sitting at their (new) physical place."""
+        positions = self.positions[:, cols].clone()
+        pad = self.step[:, cols] == PAD_STEP
+        phys = torch.arange(cols.numel(), dtype=positions.dtype).expand_as(positions)
+        positions[pad] = phys[pad]
+        return LayoutBatch(self.tokens[:, cols], positions, self.step[:, cols])

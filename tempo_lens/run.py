@@ -12,14 +12,14 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tempo_lens.errors import TempoError
-from tempo_lens.layout import Layout, ParallelSet
+from tempo_lens.layout import Layout, ParallelSet, PrunedMember
 
 FORMAT_VERSION = 1
 ANSI_SET = "\033[36m"
@@ -51,6 +51,7 @@ class TempoRun:
     seconds: float
     activations: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     logits: list[torch.Tensor] | None = None
+    pruned: list[PrunedMember] = field(default_factory=list)  # live retroactive pruning
 
     # -- text views ---------------------------------------------------------------------
     def step_strs(self, step: int) -> list[str]:
@@ -59,7 +60,8 @@ class TempoRun:
 
     def bracket_parts(self) -> list[tuple[str, list[str], list[float]]]:
         """Per step: (leading whitespace shared by all members, member strings without
-        it, member probabilities). Single-member steps keep their whole string. The one
+        it, member probabilities). Single-member steps keep their whole string; members
+        hidden by live pruning are written `~tok~`. The one
         source of every bracket rendering (terminal text, HTML report)."""
         parts = []
         for i, ps in enumerate(self.steps):
@@ -68,7 +70,11 @@ class TempoRun:
                 parts.append(("", strs, ps.probs))
                 continue
             lead = _common_leading_space(strs)
-            parts.append((lead, [_visible(s[len(lead) :]) for s in strs], ps.probs))
+            shown = [_visible(s[len(lead) :]) for s in strs]
+            for p in self.pruned:  # struck through: `~tok~`
+                if p.set_step == i:
+                    shown[p.member] = f"~{shown[p.member]}~"
+            parts.append((lead, shown, ps.probs))
         return parts
 
     def text(self, color: bool = False) -> str:
@@ -128,6 +134,7 @@ class TempoRun:
             "stats": self.stats(),
             "captured": {k: len(v) for k, v in self.activations.items()},
             "has_logits": self.logits is not None,
+            "pruned": [asdict(p) for p in self.pruned],
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -230,4 +237,5 @@ def load_run(directory: str | os.PathLike) -> TempoRun:
         seconds=meta["seconds"],
         activations=acts,
         logits=logits,
+        pruned=[PrunedMember(**p) for p in meta.get("pruned", [])],
     )

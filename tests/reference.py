@@ -7,25 +7,73 @@ from __future__ import annotations
 import torch
 
 
-def tempo_inputs(prompt: list[int], sets: list[list[int]], isolate: bool):
-    """Token ids, logical positions and the [1, 1, n, n] additive mask of a TEMPO layout."""
-    ids, pos, group = list(prompt), list(range(len(prompt))), [-1] * len(prompt)
+def tempo_inputs(
+    prompt: list[int],
+    sets: list[list[int]],
+    isolate: bool,
+    pruned: dict[tuple[int, int], int] | None = None,
+):
+    """Token ids, logical positions and the [1, 1, n, n] additive mask of a TEMPO layout.
+
+    `pruned` maps (set index, member index) to the step after which that member is
+    hidden: every query of a later set may not attend to it."""
+    ids, pos, group, member = list(prompt), list(range(len(prompt))), [-1] * len(prompt), []
+    member = [-1] * len(prompt)
     for i, members in enumerate(sets):
-        for t in members:
+        for j, t in enumerate(members):
             ids.append(t)
             pos.append(len(prompt) + i)
             group.append(i)
+            member.append(j)
     n = len(ids)
+    pruned = pruned or {}
     mask = torch.full((1, 1, n, n), torch.finfo(torch.float32).min)
     for q in range(n):
         for k in range(q + 1):
             hidden = isolate and k != q and group[q] >= 0 and group[q] == group[k]
+            after = pruned.get((group[k], member[k]))
+            if after is not None and group[q] > after:
+                hidden = True
             if not hidden:
                 mask[0, 0, q, k] = 0.0
     return torch.tensor([ids]), torch.tensor([pos]), mask
 
 
-def hf_tempo_logits(hf, prompt: list[int], sets: list[list[int]], isolate: bool):
-    ids, pos, mask = (t.to(hf.device) for t in tempo_inputs(prompt, sets, isolate))
+def hf_tempo_logits(hf, prompt: list[int], sets: list[list[int]], isolate: bool, pruned=None):
+    ids, pos, mask = (t.to(hf.device) for t in tempo_inputs(prompt, sets, isolate, pruned))
     with torch.no_grad():
         return hf(input_ids=ids, position_ids=pos, attention_mask=mask).logits
+
+
+def hf_live_pruning(
+    hf, prompt: list[int], sets: list[list[int]], isolate: bool, ratio: float
+) -> dict[tuple[int, int], int]:
+    """Live retroactive pruning recomputed with Hugging Face, step by step: after set t is
+    read, every member of an earlier multi-member set is scored by the mean attention
+    (over layers, heads and every query of sets after its own, up to t) it receives,
+    with the members pruned so far masked; members scoring <= ratio x their set's mean
+    are hidden from later sets. Returns {(set, member): step after which it is hidden}."""
+    pruned: dict[tuple[int, int], int] = {}
+    for t in range(len(sets)):
+        ids, pos, mask = (
+            x.to(hf.device) for x in tempo_inputs(prompt, sets[: t + 1], isolate, pruned)
+        )
+        with torch.no_grad():
+            out = hf(input_ids=ids, position_ids=pos, attention_mask=mask, output_attentions=True)
+        attn = torch.stack([a[0].double() for a in out.attentions]).mean((0, 1)).cpu()
+        start = [len(prompt)]
+        for members in sets:
+            start.append(start[-1] + len(members))
+        for s in range(t):
+            if len(sets[s]) < 2:
+                continue
+            queries = range(start[s + 1], start[t + 1])
+            scores = [
+                sum(float(attn[q, start[s] + j]) for q in queries) / len(queries)
+                for j in range(len(sets[s]))
+            ]
+            mean = sum(scores) / len(scores)
+            for j, score in enumerate(scores):
+                if score <= ratio * mean and (s, j) not in pruned:
+                    pruned[(s, j)] = t
+    return pruned

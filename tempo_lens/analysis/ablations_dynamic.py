@@ -4,8 +4,10 @@ parsed but never wired).
 A schedule is a callable `(step, max_steps) -> threshold` for `generate(threshold=...)`
 over t = step / max_steps, carrying a JSON-able `.spec` that the run records in its
 config. Pruning scores each member by the attention later tokens pay it and keeps those
-above `ratio` × their set's mean score (the original's relative rule); pruned members are
-marked in the run, never removed.
+above `ratio` × their set's mean score (the original's relative rule, `prune_rule`);
+pruned members are marked in the run, never removed. This is the after-the-fact scorer
+(one replay, nothing hidden); `generate(..., prune=ratio)` is live pruning, where each
+decision hides the member from every later query.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 
 from tempo_lens import Layout, TempoError, TempoRun, forward
+from tempo_lens.generate import prune_rule
 
 
 def _check_unit(name: str, value: float, lo_open: bool = True) -> None:
@@ -173,7 +176,7 @@ def prune_by_attention(
             continue
         sc = attention[later][:, sl].double().mean(0)
         scores[sl] = sc
-        pruned[sl] = sc <= ratio * sc.mean()
+        pruned[sl] = prune_rule(sc, ratio)
     return PruneResult(scores, pruned, ratio)
 
 

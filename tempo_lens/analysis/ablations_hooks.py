@@ -15,15 +15,8 @@ import torch
 from jaxtyping import Bool, Float
 
 from tempo_lens import Layout, TempoError
-from tempo_lens.hooks import ATTN_SCORES, Hook, HookFn
-
-
-def _check_keys(layout: Layout, n_keys: int) -> None:
-    if n_keys != len(layout):
-        raise TempoError(
-            f"the forward saw {n_keys} keys but the layout has {len(layout)} tokens; "
-            "build the hooks from the layout being run"
-        )
+from tempo_lens.hooks import Hook, batch_hidden, mask_hooks
+from tempo_lens.layout import LayoutBatch
 
 
 def attention_mask_hooks(
@@ -33,7 +26,8 @@ def attention_mask_hooks(
     layers: Iterable[int] | None = None,
     bias: float = -math.inf,
 ) -> list[Hook]:
-    """Add `bias` to the attention score of every (query, key) pair marked in `hidden`.
+    """Add `bias` to the attention score of every (query, key) pair marked in `hidden`
+    (`tempo_lens.hooks.mask_hooks`, the one mask builder, on a whole-layout `hidden`).
 
     The general form of isolation: `hidden = layout.same_set()` is isolation itself;
     any other boolean matrix (a window of siblings, pruned members, branches) is another
@@ -41,26 +35,7 @@ def attention_mask_hooks(
     n = len(layout)
     if hidden.shape != (n, n):
         raise TempoError(f"hidden must be [{n}, {n}] for this layout, got {tuple(hidden.shape)}")
-    masks: dict[tuple, torch.Tensor | None] = {}
-
-    def hook(scores: torch.Tensor, hook) -> torch.Tensor:
-        q, k = scores.shape[-2:]
-        _check_keys(layout, k)
-        key = (q, scores.device, scores.dtype)
-        if key not in masks:
-            block = hidden[k - q : k, :k]
-            m = None
-            if bool(block.any()):
-                m = torch.zeros(q, k, dtype=scores.dtype)
-                m[block] = bias
-                m = m.to(scores.device)
-            masks[key] = m
-        m = masks[key]
-        return scores if m is None else scores + m
-
-    if layers is None:
-        return [(lambda name: name.endswith(ATTN_SCORES), hook)]
-    return [(f"blocks.{layer}.{ATTN_SCORES}", hook) for layer in layers]
+    return mask_hooks(layout, hidden, layers=layers, bias=bias)
 
 
 def sibling_window_hooks(
@@ -103,38 +78,17 @@ def pruning_hooks(layout: Layout, pruned: torch.Tensor) -> list[Hook]:
 
 
 def same_set_bias_hooks(
-    layout: Layout, bias: Float[torch.Tensor, "batch n_layers n_heads"]
+    layout: Layout | LayoutBatch, bias: Float[torch.Tensor, "batch n_layers n_heads"]
 ) -> list[Hook]:
     """A batch of isolation schedules in one forward: batch element b adds
     `bias[b, L, h]` to same-set scores of head h at layer L (0 = visible, -inf =
-    isolated, finite = partial). Run the layout's tokens repeated `batch` times."""
-    same = layout.same_set()
+    isolated, finite = partial). Run a Layout's tokens repeated `batch` times, or a
+    LayoutBatch with one row per schedule (`replay_batch` hides its pads)."""
+    same = batch_hidden(layout, isolate=True) & ~batch_hidden(layout, isolate=False)
     hooks: list[Hook] = []
     for layer in range(bias.shape[1]):
         b_layer = bias[:, layer]
         if bool((b_layer == 0).all()):
             continue
-        hooks.append((f"blocks.{layer}.{ATTN_SCORES}", _bias_hook(layout, same, b_layer)))
+        hooks += mask_hooks(layout, same, layers=[layer], bias=b_layer)
     return hooks
-
-
-def _bias_hook(layout: Layout, same: torch.Tensor, b_layer: torch.Tensor) -> HookFn:
-    cache: dict[tuple, torch.Tensor] = {}
-
-    def hook(scores: torch.Tensor, hook) -> torch.Tensor:
-        q, k = scores.shape[-2:]
-        _check_keys(layout, k)
-        if scores.shape[0] != b_layer.shape[0]:
-            raise TempoError(
-                f"the schedule has {b_layer.shape[0]} rows but the batch has {scores.shape[0]}"
-            )
-        key = (q, scores.device, scores.dtype)
-        if key not in cache:
-            block = same[k - q : k, :k]
-            b = b_layer.to(scores.dtype)[:, :, None, None]
-            cache[key] = torch.where(block[None, None], b, torch.zeros((), dtype=b.dtype)).to(
-                scores.device
-            )
-        return scores + cache[key]
-
-    return hook

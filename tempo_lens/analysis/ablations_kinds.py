@@ -17,6 +17,7 @@ from tempo_lens.analysis import ablations_patching as pat
 from tempo_lens.analysis import ablations_positions as posn
 from tempo_lens.analysis.ablations_hooks import isolate_always_hooks, sibling_window_hooks
 from tempo_lens.analysis.ablations_plots import plot_heatmap, plot_lines
+from tempo_lens.analysis.experiment import RunOptions, RunSpec, generate_unit
 from tempo_lens.analysis.registry import experiment_kind
 
 
@@ -36,22 +37,24 @@ def _first(value: Any, default: Any) -> Any:
 
 
 def _runs(model: Any, section: dict[str, Any], progress: bool) -> list[TempoRun]:
-    from tqdm.auto import tqdm
-
-    texts = _texts(section)
-    return [
-        generate(
-            model,
+    """The section's prompts generated isolated, batched under the memory budget."""
+    specs = [
+        RunSpec(
+            f"p{i}",
+            "",
             text,
-            threshold=_first(section.get("thresholds"), 0.1),
-            max_steps=section.get("max_steps", 15),
-            isolate=True,
-            next_from=_first(section.get("next_from"), "mixture"),
-            max_parallel=section.get("max_parallel"),
-            eos_token_id=-1 if section.get("stop_at_eos", True) else None,
+            "isolated",
+            float(_first(section.get("thresholds"), 0.1)),
+            _first(section.get("next_from"), "mixture"),
         )
-        for text in tqdm(texts, desc="generate", disable=not progress, leave=False)
+        for i, text in enumerate(_texts(section))
     ]
+    options = RunOptions(
+        max_steps=section.get("max_steps", 15),
+        max_parallel=section.get("max_parallel"),
+        eos_token_id=-1 if section.get("stop_at_eos", True) else None,
+    )
+    return generate_unit(model, specs, options)
 
 
 def _mean(xs: list[float]) -> float:
@@ -70,15 +73,10 @@ def _restored(kl_vis: list[float], base: float) -> float:
 @_kind("layer_patching", {"head_layers": 6, "batch_size": 16})
 def layer_patching_kind(model: Any, section: dict, out_dir: Path, progress: bool) -> dict:
     """Isolation removed per layer (single, 0..L, L..end) and per head of the top layers."""
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     runs = _runs(model, section, progress)
     bs = section.get("batch_size", 16)
-    results = [
-        pat.layer_patching(model, r, batch_size=bs)
-        for r in tqdm(runs, desc="layers", disable=not progress, leave=False)
-    ]
+    results = pat.layer_patching(model, runs, batch_size=bs)  # all prompts batched
     n_layers = model.cfg.n_layers
     base = _mean([r.baseline.kl_vis_members for r in results])
     base_next = _mean([r.baseline.kl_vis_next for r in results])
@@ -95,10 +93,7 @@ def layer_patching_kind(model: Any, section: dict, out_dir: Path, progress: bool
     single = per_layer["single.restored"]
     ranked = sorted(range(n_layers), key=lambda L: -(single[L] or 0.0))
     top = ranked[: section.get("head_layers", 6)]
-    heads = [
-        pat.head_patching(model, r, top, batch_size=bs)
-        for r in tqdm(runs, desc="heads", disable=not progress, leave=False)
-    ]
+    heads = pat.head_patching(model, runs, top, batch_size=bs)
     head_map = [
         [_r(_mean([h[L][i] for h in heads])) for i in range(model.cfg.n_heads)] for L in top
     ]
@@ -191,9 +186,7 @@ def partial_isolation_kind(model: Any, section: dict, out_dir: Path, progress: b
     runs = _runs(model, section, progress)
     biases = section.get("biases", [0, 1, 10000])
     windows = section.get("windows", [0, 1])
-    bias_rows = [
-        pat.bias_sweep(model, r, biases, batch_size=section.get("batch_size", 16)) for r in runs
-    ]
+    bias_rows = pat.bias_sweep(model, runs, biases, batch_size=section.get("batch_size", 16))
     variants = lambda r: {  # noqa: E731
         **{f"window {k}": sibling_window_hooks(r.layout, k) for k in windows},
         "isolate always": isolate_always_hooks(r.layout),

@@ -13,15 +13,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer
 from transformer_lens.patching import layer_pos_patch_setter
 
-from tempo_lens import Layout, TempoError, TempoRun, forward, isolation_hooks, position_hooks
+from tempo_lens import Layout, TempoError, TempoRun, forward, isolation_hooks
 from tempo_lens.analysis.ablations_hooks import same_set_bias_hooks
 from tempo_lens.analysis.metrics import kl
+from tempo_lens.generate import mechanism_hooks
 from tempo_lens.hooks import Hook
+from tempo_lens.layout import LayoutBatch
 
 Source = TempoRun | Layout
 
@@ -65,16 +68,29 @@ class Distances:
 class _References:
     """The isolated and visible replays of one layout, reduced to comparable rows, with
     their residual streams (so replays that agree with one of them up to layer L can
-    start there)."""
+    start there). `_References.of(model, sources)` builds many in two batched forwards."""
 
-    def __init__(self, model: HookedTransformer, source: Source):
+    def __init__(
+        self, source: Source, iso: tuple[torch.Tensor, Any], vis: tuple[torch.Tensor, Any]
+    ):
         self.layout, self.weights = layout_and_weights(source)
-        resid = ["hook_resid_pre"]
-        iso_logits, self.iso_cache = forward(model, self.layout, isolate=True, cache=resid)
-        vis_logits, self.vis_cache = forward(model, self.layout, isolate=False, cache=resid)
+        (iso_logits, self.iso_cache), (vis_logits, self.vis_cache) = iso, vis
         self.iso_logits, self.vis_logits = iso_logits[0], vis_logits[0]
         self.iso = row_logprobs(self.iso_logits, self.layout, self.weights)
         self.vis = row_logprobs(self.vis_logits, self.layout, self.weights)
+
+    @classmethod
+    def of(cls, model: HookedTransformer, sources: Sequence[Source]) -> list[_References]:
+        layouts = [layout_and_weights(s)[0] for s in sources]
+        resid = ["hook_resid_pre"]
+        iso_logits, iso_caches = forward(model, layouts, isolate=True, cache=resid)
+        vis_logits, vis_caches = forward(model, layouts, isolate=False, cache=resid)
+        return [
+            cls(s, (il, ic), (vl, vc))
+            for s, il, ic, vl, vc in zip(
+                sources, iso_logits, iso_caches, vis_logits, vis_caches, strict=True
+            )
+        ]
 
     def distances(self, logits: torch.Tensor) -> Distances:
         m, x = row_logprobs(logits, self.layout, self.weights)
@@ -97,19 +113,21 @@ class _References:
 
 def replay_batch(
     model: HookedTransformer,
-    layout: Layout,
+    layout: Layout | LayoutBatch,
     batch: int,
     fwd_hooks: Sequence[Hook],
     *,
     start_at_layer: int | None = None,
     resid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One forward of the layout repeated `batch` times, positions applied, with
-    `fwd_hooks` (which decide isolation per batch element); logits `[batch, n, vocab]`.
+    """One forward of the layout repeated `batch` times (or of a LayoutBatch of `batch`
+    rows, each at its own positions, pads hidden), positions applied, with `fwd_hooks`
+    (which decide isolation per batch element); logits `[batch, n, vocab]`.
     With `start_at_layer`, `resid` `[batch, n, d_model]` is the residual stream entering
     that layer (the layers before it are skipped)."""
-    tokens = layout.tokens[None].repeat(batch, 1).to(model.cfg.device)
-    hooks = position_hooks(model, layout) + list(fwd_hooks)
+    grid = LayoutBatch.of(layout)
+    tokens = grid.tokens.expand(batch, -1).to(model.cfg.device)
+    hooks = mechanism_hooks(model, grid, isolate=False) + list(fwd_hooks)
     mask = torch.ones_like(tokens)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         if start_at_layer is None or start_at_layer == 0:
@@ -123,28 +141,39 @@ def _divergence(row: torch.Tensor, value: float) -> int:
     return int(differs[0]) if differs.numel() else row.shape[0]
 
 
+def _padded(rows: Sequence[torch.Tensor], n: int) -> torch.Tensor:
+    """`[1, n_b, d]` tensors stacked into `[batch, n, d]` (zeros in the pad slots)."""
+    out = rows[0].new_zeros(len(rows), n, rows[0].shape[-1])
+    for b, r in enumerate(rows):
+        out[b, : r.shape[1]] = r[0]
+    return out
+
+
 def _run_schedules(
-    model: HookedTransformer, refs: _References, bias: torch.Tensor, batch_size: int
-) -> list[Distances]:
-    """Replay every schedule row of `bias` [rows, layers, heads]. A row equal to the
-    isolated (all -inf) or visible (all 0) schedule up to layer L starts at L from that
-    replay's residual stream; rows are batched by start layer."""
+    model: HookedTransformer, refs: Sequence[_References], bias: torch.Tensor, batch_size: int
+) -> list[list[Distances]]:
+    """Replay every schedule row of `bias` [rows, layers, heads] on every reference's
+    layout: per reference, a list over rows. A row equal to the isolated (all -inf) or
+    visible (all 0) schedule up to layer L starts at L from that replay's residual
+    stream; (layout, row) pairs are batched by start layer, layouts of different lengths
+    in one padded forward."""
     starts = []
     for row in bias:
         d_iso, d_vis = _divergence(row, -math.inf), _divergence(row, 0.0)
         starts.append((min(max(d_iso, d_vis), bias.shape[1] - 1), d_iso >= d_vis))
-    order = sorted(range(bias.shape[0]), key=lambda i: starts[i][0])
-    out: dict[int, Distances] = {}
-    for begin in range(0, len(order), batch_size):
-        idx = order[begin : begin + batch_size]
-        start = starts[idx[0]][0]
-        resid = torch.cat([refs.resid(starts[i][1], start) for i in idx])
-        hooks = same_set_bias_hooks(refs.layout, bias[idx])
-        logits = replay_batch(
-            model, refs.layout, len(idx), hooks, start_at_layer=start, resid=resid
-        )
-        out.update({i: refs.distances(row) for i, row in zip(idx, logits, strict=True)})
-    return [out[i] for i in range(bias.shape[0])]
+    items = [(r, i) for r in range(len(refs)) for i in range(bias.shape[0])]
+    items.sort(key=lambda item: starts[item[1]][0])
+    out: dict[tuple[int, int], Distances] = {}
+    for begin in range(0, len(items), batch_size):
+        chunk = items[begin : begin + batch_size]
+        start = starts[chunk[0][1]][0]  # the chunk's earliest; later rows agree up to it
+        grid = LayoutBatch.of([refs[r].layout for r, _ in chunk])
+        resid = _padded([refs[r].resid(starts[i][1], start) for r, i in chunk], len(grid))
+        hooks = same_set_bias_hooks(grid, bias[[i for _, i in chunk]])
+        logits = replay_batch(model, grid, len(chunk), hooks, start_at_layer=start, resid=resid)
+        for b, (r, i) in enumerate(chunk):
+            out[(r, i)] = refs[r].distances(logits[b, grid.real_columns(b)])
+    return [[out[(r, i)] for i in range(bias.shape[0])] for r in range(len(refs))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,52 +204,79 @@ def _layer_schedules(n_layers: int, n_heads: int) -> torch.Tensor:
     return bias
 
 
+def _sources(source: Source | Sequence[Source]) -> tuple[list[Source], bool]:
+    if isinstance(source, TempoRun | Layout):
+        return [source], True
+    return list(source), False
+
+
 def layer_patching(
-    model: HookedTransformer, source: Source, *, batch_size: int = 16
-) -> LayerPatching:
+    model: HookedTransformer, source: Source | Sequence[Source], *, batch_size: int = 16
+) -> Any:
     """Replay `source` with isolation removed at exactly one layer L, at layers 0..L,
-    and at L..end, for every L (3 × n_layers replays, batched)."""
-    refs = _References(model, source)
+    and at L..end, for every L (3 × n_layers replays, batched). A list of sources
+    (prompts) is batched with them, in padded forwards of `batch_size` rows, and gives a
+    list of LayerPatching."""
+    sources, single = _sources(source)
+    refs = _References.of(model, sources)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    dists = _run_schedules(model, refs, _layer_schedules(n_layers, n_heads), batch_size)
-    layers = {
-        mode: {
-            field: [getattr(d, field) for d in dists[i * n_layers : (i + 1) * n_layers]]
-            for field in Distances.__dataclass_fields__
+    per_ref = _run_schedules(model, refs, _layer_schedules(n_layers, n_heads), batch_size)
+    out = []
+    for ref, dists in zip(refs, per_ref, strict=True):
+        layers = {
+            mode: {
+                field: [getattr(d, field) for d in dists[i * n_layers : (i + 1) * n_layers]]
+                for field in Distances.__dataclass_fields__
+            }
+            for i, mode in enumerate(LAYER_MODES)
         }
-        for i, mode in enumerate(LAYER_MODES)
-    }
-    return LayerPatching(refs.baseline(), layers)
+        out.append(LayerPatching(ref.baseline(), layers))
+    return out[0] if single else out
 
 
 def head_patching(
-    model: HookedTransformer, source: Source, layers: Iterable[int], *, batch_size: int = 16
-) -> dict[int, list[float]]:
+    model: HookedTransformer,
+    source: Source | Sequence[Source],
+    layers: Iterable[int],
+    *,
+    batch_size: int = 16,
+) -> Any:
     """`{layer: [KL(iso || replay with isolation removed at that one head) per head]}`
-    (member rows); every other head of every layer stays isolated."""
-    refs = _References(model, source)
+    (member rows); every other head of every layer stays isolated. A list of sources
+    gives a list of such dicts (batched together)."""
+    sources, single = _sources(source)
+    refs = _References.of(model, sources)
     layers = list(layers)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     bias = torch.full((len(layers) * n_heads, n_layers, n_heads), -math.inf, dtype=torch.float64)
     for i, L in enumerate(layers):
         for h in range(n_heads):
             bias[i * n_heads + h, L, h] = 0
-    dists = _run_schedules(model, refs, bias, batch_size)
-    return {
-        L: [d.kl_iso_members for d in dists[i * n_heads : (i + 1) * n_heads]]
-        for i, L in enumerate(layers)
-    }
+    out = [
+        {
+            L: [d.kl_iso_members for d in dists[i * n_heads : (i + 1) * n_heads]]
+            for i, L in enumerate(layers)
+        }
+        for dists in _run_schedules(model, refs, bias, batch_size)
+    ]
+    return out[0] if single else out
 
 
 def bias_sweep(
-    model: HookedTransformer, source: Source, biases: Sequence[float], *, batch_size: int = 16
-) -> list[Distances]:
+    model: HookedTransformer,
+    source: Source | Sequence[Source],
+    biases: Sequence[float],
+    *,
+    batch_size: int = 16,
+) -> Any:
     """Partial isolation: `-b` added to same-set scores at every layer, per b in `biases`
-    (b = 0 is visible, b = inf is isolated)."""
-    refs = _References(model, source)
+    (b = 0 is visible, b = inf is isolated). A list of sources gives a list of lists."""
+    sources, single = _sources(source)
+    refs = _References.of(model, sources)
     cfg = model.cfg
     bias = torch.tensor([-float(b) for b in biases], dtype=torch.float64)[:, None, None]
-    return _run_schedules(model, refs, bias.expand(-1, cfg.n_layers, cfg.n_heads), batch_size)
+    out = _run_schedules(model, refs, bias.expand(-1, cfg.n_layers, cfg.n_heads), batch_size)
+    return out[0] if single else out
 
 
 def compare_hooks(
@@ -228,7 +284,7 @@ def compare_hooks(
 ) -> dict[str, Distances]:
     """Replay `source` once per named hook list (run on top of positions, no isolation)
     and measure each against the isolated and visible replays."""
-    refs = _References(model, source)
+    refs = _References.of(model, [source])[0]
     return {
         name: refs.distances(forward(model, refs.layout, isolate=False, fwd_hooks=hooks)[0][0])
         for name, hooks in variants.items()

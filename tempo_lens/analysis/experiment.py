@@ -29,7 +29,7 @@ import yaml
 
 from tempo_lens.analysis.registry import KINDS, ExperimentFn
 from tempo_lens.errors import TempoError
-from tempo_lens.generate import generate
+from tempo_lens.generate import generate, tokenize
 from tempo_lens.run import TempoRun, load_run, replace_dir
 
 KIND_MODULES = (
@@ -121,6 +121,28 @@ class RunOptions:
     eos_token_id: int | None
     cache: tuple[str, ...] | None = None
     keep_logits: bool = False
+    memory_budget: int = 1 << 30  # bytes one batched forward may hold (splits a unit)
+
+
+MAX_BATCH_ROWS = 64
+
+
+def batch_rows(model: Any, options: RunOptions, prompt_tokens: int) -> int:
+    """How many prompts one batched generation may hold under `options.memory_budget`:
+    per row, the KV cache and the attention scores over the longest layout the run can
+    reach, plus the prompt forward's logits (and captures kept on top of them)."""
+    cfg = model.cfg
+    width = options.max_parallel or 4
+    n = min(cfg.n_ctx, prompt_tokens + options.max_steps * width)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    floats = 2 * cfg.n_layers * n * n_kv * cfg.d_head  # KV cache
+    floats += cfg.n_heads * n * n + 4 * n * max(cfg.d_model, cfg.d_mlp or 0)  # one layer
+    floats += prompt_tokens * cfg.d_vocab  # the prompt forward's logits
+    if options.keep_logits:
+        floats += n * cfg.d_vocab
+    if options.cache:
+        floats += cfg.n_layers * cfg.n_heads * n * n  # e.g. every layer's pattern
+    return max(1, min(MAX_BATCH_ROWS, options.memory_budget // (4 * floats)))
 
 
 def work_units(specs: list[RunSpec], size: int | None = None) -> list[list[RunSpec]]:
@@ -140,22 +162,26 @@ def work_units(specs: list[RunSpec], size: int | None = None) -> list[list[RunSp
 
 
 def generate_unit(model: Any, unit: list[RunSpec], options: RunOptions) -> list[TempoRun]:
-    """Generate every run of one work unit (same setting, several prompts)."""
-    return [
-        generate(
+    """Generate every run of one work unit (normally one setting, several prompts) as
+    batched generations (one forward per step for all rows), split into batches of one
+    setting under the memory budget; runs come back in `unit`'s order."""
+    longest = max((len(tokenize(model, spec.prompt)) for spec in unit), default=1)
+    done: dict[RunSpec, TempoRun] = {}
+    for batch in work_units(unit, size=batch_rows(model, options, longest)):
+        runs = generate(
             model,
-            spec.prompt,
-            threshold=spec.threshold,
+            [spec.prompt for spec in batch],
+            threshold=batch[0].threshold,
             max_steps=options.max_steps,
-            isolate=spec.isolate,
-            next_from=spec.next_from,
+            isolate=batch[0].isolate,
+            next_from=batch[0].next_from,
             max_parallel=options.max_parallel,
             cache=list(options.cache) if options.cache else None,
             keep_logits=options.keep_logits,
             eos_token_id=options.eos_token_id,
         )
-        for spec in unit
-    ]
+        done.update(zip(batch, runs, strict=True))
+    return [done[spec] for spec in unit]
 
 
 def ensure_runs(
@@ -190,7 +216,8 @@ def ensure_runs(
     section.setdefault("_bookkeeping", {"generated_runs": 0, "skipped_runs": 0})
     section["_bookkeeping"]["generated_runs"] += len(todo)
     section["_bookkeeping"]["skipped_runs"] += len(specs) - len(todo)
-    units = work_units(todo, size=1)
+    longest = max((len(tokenize(model, s.prompt)) for s in todo), default=1)
+    units = work_units(todo, size=batch_rows(model, options, longest))
     for unit in bar(units, progress, "units"):
         if deadline is not None and time.perf_counter() > deadline:
             section["_bookkeeping"]["generated_runs"] -= len(unit)
