@@ -23,8 +23,8 @@ def _experiment(args: Any) -> int:
     section = load_config(args.config)
     if args.model is not None:
         section["model"] = args.model
-    out = Path(args.out) if args.out else default_out(section)
-    check_out_dir(str(out))
+    out = Path(args.out) if args.out is not None else default_out(section)
+    check_out_dir(str(out), "experiment")
     summary = run_experiment(section, out, progress=not args.no_progress)
     t = summary["timing"]
     print(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -27,10 +28,12 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, StrictStr
 
+from tempo_lens.analysis.config import NAME_PATTERN
 from tempo_lens.analysis.registry import KINDS, ExperimentFn
 from tempo_lens.errors import TempoError
 from tempo_lens.generate import generate
@@ -39,6 +42,7 @@ from tempo_lens.storage import (
     check_target,
     commit_dir,
     marker,
+    read_json,
     sweep_stale,
     target_lock,
     write_file_atomic,
@@ -245,12 +249,40 @@ def bar(items: list[Any], enabled: bool, unit: str) -> Any:
 
 
 EXPERIMENTS_ROOT = Path("runs") / "experiments"
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+
+
+class _SummaryMarker(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    kind: Literal["experiment"]
+    version: Literal[1]
+
+
+class SummaryFile(BaseModel):
+    """The envelope of `summary.json`: what every kind's summary carries (the figures
+    themselves are the kind's own)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    tempo_lens: _SummaryMarker | None = None  # absent in summaries written before markers
+    name: StrictStr
+    kind: StrictStr
+    model: StrictStr
+    timing: dict[str, Any]
+
+
+def load_summary(directory: str | os.PathLike) -> dict[str, Any]:
+    """`directory/summary.json`, checked against `SummaryFile` (a `TempoError` naming the
+    file and the problem otherwise)."""
+    path = Path(directory) / "summary.json"
+    if not path.is_file():
+        raise TempoError(f"{directory} has no summary.json; run `tempo-lens experiment` into it")
+    summary = read_json(path, SummaryFile).model_dump()
+    summary.pop("tempo_lens", None)
+    return summary
 
 
 def check_name(name: Any) -> str:
     """An experiment name is a slug (letters, digits, `_ . -`), never a path."""
-    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name) or ".." in name:
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise TempoError(
             f"name: {name!r} is not a valid experiment name; use letters, digits, '_', '.' "
             "and '-' (e.g. exp1_attention), no path"
