@@ -341,6 +341,32 @@ def _swap_in(staged: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc says it (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(root: Path) -> None:
+    """Give every file and directory under `root` (and `root`) the mode a plain
+    `open`/`mkdir` would: 0666/0777 minus the umask (some writers, e.g. safetensors or
+    `mkdtemp`, create 0600/0700 whatever the umask)."""
+    mask = current_umask()
+    for dirpath, _dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                os.chmod(p, 0o666 & ~mask)
+
+
 def _check_staged(staged: Path, kind: str) -> None:
     if artefact_kind(staged) != kind:
         raise TempoError(f"internal: the staged {kind} lacks its {KIND_FILES[kind]} marker")
@@ -352,6 +378,7 @@ def commit_dir(staged: str | os.PathLike, target: str | os.PathLike, kind: str) 
     t = check_target(target, kind)
     s = Path(staged)
     _check_staged(s, kind)
+    follow_umask(s)
     _swap_in(s, t)
     return t
 
@@ -380,6 +407,7 @@ def atomic_dir(
             yield staged
             t = check_target(t, kind)  # it may have changed while we wrote
             _check_staged(staged, kind)
+            follow_umask(staged)
             _swap_in(staged, t)
         finally:
             if staged.exists():
