@@ -347,7 +347,7 @@ def load_hf_gguf(path: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any
     return hf, tok
 
 
-def _embedded_cache_key(path: Path) -> str:
+def embedded_cache_key(path: Path) -> str:
     """Size plus a hash of the file's head: shared by every environment that installed the
     same wheel (an mtime would differ per install and make them rebuild each other's cache)."""
     import hashlib
@@ -369,7 +369,7 @@ def file_digest(path: Path) -> tuple[str, bytes]:
     return hashlib.blake2b(data, digest_size=32).hexdigest(), data
 
 
-def _read_cache(entry: Path, key: str) -> Any:
+def read_cache(entry: Path, key: str) -> Any:
     """(tokenizer, state dict, cfg dict) of a verified cache entry, or None when it must
     be (re)built: absent, made from another GGUF, or damaged (then with a warning)."""
     from safetensors.torch import load as load_bytes
@@ -383,8 +383,10 @@ def _read_cache(entry: Path, key: str) -> Any:
         meta = read_json(entry / "meta.json")
         if not isinstance(meta, dict) or meta.get("key") != key:
             return None  # another GGUF (or an older cache format): rebuilt quietly
+        if "blake2b" not in meta:
+            raise ModelLoadError("meta.json records no weight hash (an older cache format)")
         digest, data = file_digest(entry / "model.safetensors")
-        if meta.get("blake2b") != digest:
+        if meta["blake2b"] != digest:
             raise ModelLoadError("model.safetensors does not match the hash recorded in meta.json")
         state_dict = load_bytes(data)
         if not isinstance(meta.get("cfg"), dict):
@@ -433,10 +435,10 @@ def _load_embedded(
 
     gguf = embedded_gguf_path()
     entry = cache_dir() / CACHE_ENTRY
-    key = _embedded_cache_key(gguf)
+    key = embedded_cache_key(gguf)
     with target_lock(entry, timeout=CACHE_LOCK_TIMEOUT):
         sweep_stale(entry.parent)  # temporaries of killed loads
-        cached = _read_cache(entry, key)
+        cached = read_cache(entry, key)
         if cached is not None:
             tok, state_dict, cfg_dict = cached
             return _build(_make_cfg(cfg_dict, tok, device, dtype, EMBEDDED_NAME), state_dict, tok)
