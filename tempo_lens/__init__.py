@@ -11,7 +11,7 @@ from tempo_lens.generate import forward, generate, mechanism_hooks, select
 from tempo_lens.hooks import isolation_hooks, position_hooks
 from tempo_lens.layout import Layout, ParallelSet
 from tempo_lens.loading import load_model, optimize_weight_layout
-from tempo_lens.run import TempoRun, load_run
+from tempo_lens.run import TempoRun, load_run, save_run
 
 __version__ = "0.1.0"
 
@@ -28,5 +28,6 @@ __all__ = [
     "mechanism_hooks",
     "optimize_weight_layout",
     "position_hooks",
+    "save_run",
     "select",
 ]

@@ -21,7 +21,6 @@ What is timed is what a user pays:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -43,7 +42,7 @@ from tempo_lens.generate import (
     resolve_hook_names,
 )
 from tempo_lens.layout import Layout
-from tempo_lens.run import write_atomic_dir
+from tempo_lens.storage import atomic_dir, marker, write_json_atomic
 
 CAPTURE = ("hook_pattern", "hook_resid_post")
 MODES = ("isolated", "visible")
@@ -515,12 +514,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def write_result(result: dict[str, Any], out: Path) -> None:
     """bench.json, table.md and scaling.png, written atomically as one directory."""
 
-    def write(tmp: Path) -> None:
-        (tmp / RESULT_FILE).write_text(json.dumps(result, indent=1))
+    with atomic_dir(out, "bench") as tmp:
+        write_json_atomic(tmp / RESULT_FILE, {"tempo_lens": marker("bench"), **result})
         (tmp / "table.md").write_text(table(result))
         plot(result, tmp / "scaling.png")
-
-    write_atomic_dir(out, write)
 
 
 # ---------------------------------------------------------------------------------------
@@ -539,8 +536,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: Any) -> int:
-    from tempo_lens.cli import check_out_dir, load_model_quietly
+    from tempo_lens.cli import load_model_quietly
     from tempo_lens.loading import embedded_gguf_path, load_hf_gguf
+    from tempo_lens.storage import check_target
 
     base = QUICK if args.quick else BenchConfig()
     cfg = BenchConfig(**{**asdict(base), "ks": base.ks, "scaling_contexts": base.scaling_contexts})
@@ -556,7 +554,7 @@ def _bench(args: Any) -> int:
         if args.threads < 1:
             raise TempoError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    check_out_dir(args.out)
+    check_target(args.out, "bench")
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", flush=True)

@@ -1,7 +1,8 @@
 """`tempo-lens` command line: argument parsing and messages only.
 
 Every subcommand is a `(name, add_arguments, run)` triple in `COMMANDS`. Library errors
-(`TempoError`) become one-line messages with exit code 2; nothing else is caught here, so
+(`TempoError`) and OS errors about a path (`OSError` with a file name: permission denied,
+disk full, ...) become one-line messages with exit code 2; nothing else is caught here, so
 a real bug still shows its traceback.
 """
 
@@ -13,10 +14,10 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from tempo_lens.errors import TempoError
+from tempo_lens.storage import check_target
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[Any], int]]
 
@@ -48,27 +49,11 @@ def load_model_quietly(name: str | None, device: str | None = None) -> Any:
         return load_model(name, device=device)
 
 
-def check_out_dir(out: str | None) -> None:
-    """Fail before any work when --out cannot be written."""
-    if out is None:
-        return
-    import tempfile
-
-    target = Path(out)
-    if target.exists() and not target.is_dir():
-        raise TempoError(f"--out {out} is a file; give a directory path")
-    probe = target.resolve().parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise TempoError(f"--out {out}: {probe} is a file, not a directory; choose another --out")
-    try:  # a real write: permission bits say little when running as root
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
-        raise TempoError(
-            f"--out {out}: cannot write in {probe} ({err.strerror}); choose another --out"
-        ) from err
+def check_out_dir(out: str | None, kind: str = "run") -> None:
+    """Fail before any work when --out cannot be written or holds something that is not a
+    tempo_lens artefact of `kind` (`tempo_lens.storage.check_target`)."""
+    if out is not None:
+        check_target(out, kind)
 
 
 # -- info ---------------------------------------------------------------------------------
@@ -131,7 +116,7 @@ def _generate(args: Any) -> int:
         cache=args.cache,
         progress=sys.stderr.isatty(),
     )
-    if args.out:
+    if args.out is not None:
         run.save(args.out)
     if args.json:
         print(json.dumps(run.to_json(), indent=1))
@@ -143,7 +128,7 @@ def _generate(args: Any) -> int:
         f"{s['max_set_size']} | {s['seconds']:.2f} s | {s['steps_per_s']} steps/s | "
         f"{'isolated' if not args.visible else 'visible'} | stop: {s['stop_reason']}"
     )
-    if args.out:
+    if args.out is not None:
         line += f" | saved to {args.out}"
     print(line)
     return 0
@@ -192,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet()
     parser = build_parser()
@@ -202,7 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TempoError as err:
-        print(f"tempo-lens: error: {err}", file=sys.stderr)
+        print(f"tempo-lens: error: {_one_line(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.filename is None:
+            raise  # not about a user's path: a bug, keep the traceback
+        where = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+        print(f"tempo-lens: error: {where}: {err.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tempo-lens: interrupted", file=sys.stderr)

@@ -29,7 +29,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
 from tempo_lens.errors import TempoError
-from tempo_lens.hooks import Hook, batch_hidden, mask_hooks, position_hooks
+from tempo_lens.hooks import Hook, batch_hidden, check_hook_points, mask_hooks, position_hooks
 from tempo_lens.layout import Layout, LayoutBatch, ParallelSet, PrunedMember
 from tempo_lens.run import TempoRun
 
@@ -50,6 +50,11 @@ def select(
 ) -> tuple[list[int], list[float]]:
     """Every token with `prob >= threshold`, by descending probability, cut to
     `max_parallel`; the top-1 token if none passes; an EOS below rank 0 is dropped."""
+    if not bool(torch.isfinite(probs).all()):
+        raise TempoError(
+            "the model gave NaN or infinite probabilities; check its weights and the layout's "
+            "positions (a damaged weight cache is rebuilt by deleting it)"
+        )
     passing = (probs >= threshold).nonzero().flatten()
     if passing.numel() == 0:
         passing = probs.argmax().reshape(1)
@@ -88,9 +93,15 @@ def resolve_hook_names(model: HookedTransformer, names: Iterable[CacheName]) -> 
     """Full TL hook names for `names`: exact names; suffixes such as "hook_pattern"
     (every layer's `blocks.L.attn.hook_pattern`); TL short names such as "pattern" or
     "resid_post" (every layer); `(name, layer)` pairs as `get_act_name(name, layer)`."""
+    if isinstance(names, str | bytes) or not isinstance(names, Iterable):
+        raise TempoError(
+            f"cache takes a list of hook names such as ['hook_pattern'], got {names!r}"
+        )
     available = list(model.hook_dict)
     resolved: list[str] = []
     for name in names:
+        if not isinstance(name, str | tuple):
+            raise TempoError(f"cache: hook names are strings such as 'pattern', got {name!r}")
         if isinstance(name, tuple):
             short, layer = name
             hits = [get_act_name(short, layer)]
@@ -180,7 +191,7 @@ def forward(
     single = isinstance(layout, Layout)
     layouts = [layout] if single else list(layout)  # type: ignore[list-item]
     batch = LayoutBatch.of(layouts)
-    _check_fits(model, len(batch))
+    _check_fits(model, batch, fwd_hooks)
     store: dict[str, torch.Tensor] = {}
     capture: list[Hook] = []
     if cache:
@@ -218,24 +229,50 @@ def unpad_rows(
     return x[query_cols - (n - x.shape[0])]
 
 
-def _check_fits(model: HookedTransformer, n: int) -> None:
+def _check_fits(
+    model: HookedTransformer, layout: Layout | LayoutBatch, fwd_hooks: Sequence[Hook] = ()
+) -> None:
+    """A layout (and extra hooks) this model can run: length, token ids, hook names."""
+    n = len(layout)
     if n > model.cfg.n_ctx:
         raise TempoError(
             f"{n} tokens exceed the model's context of {model.cfg.n_ctx}; shorten the input"
         )
+    if n and int(layout.tokens.max()) >= model.cfg.d_vocab:
+        raise TempoError(
+            f"token id {int(layout.tokens.max())} is outside this model's vocabulary "
+            f"[0, {model.cfg.d_vocab})"
+        )
+    check_hook_points(model, fwd_hooks)
 
 
 def tokenize(model: HookedTransformer, prompt: str | Sequence[int] | torch.Tensor) -> list[int]:
     if isinstance(prompt, str):
         if not prompt.strip():
             raise TempoError("the prompt is empty; pass some text")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TempoError("the prompt is not valid UTF-8 text; fix its encoding") from None
         if model.tokenizer is None:
             raise TempoError("this model has no tokenizer; pass the prompt as token ids")
         ids = model.to_tokens(prompt, prepend_bos=model.cfg.default_prepend_bos, truncate=False)
         return ids[0].tolist()
-    tokens = torch.as_tensor(prompt).flatten().tolist()
+    try:
+        ids_t = torch.as_tensor(prompt)
+    except (TypeError, ValueError, RuntimeError):
+        raise TempoError(
+            f"the prompt must be text or a sequence of token ids, got {type(prompt).__name__}"
+        ) from None
+    if ids_t.is_floating_point() or ids_t.is_complex() or ids_t.dtype == torch.bool:
+        raise TempoError(f"token ids must be integers, got {ids_t.dtype}")
+    tokens = ids_t.flatten().tolist()
     if not tokens:
         raise TempoError("the prompt is empty; pass some tokens")
+    vocab = model.cfg.d_vocab
+    bad = [t for t in tokens if not 0 <= t < vocab]
+    if bad:
+        raise TempoError(f"token id {bad[0]} is outside this model's vocabulary [0, {vocab})")
     return tokens
 
 
@@ -294,14 +331,21 @@ class GenerateConfig:
 def _validate(
     threshold: Threshold, max_steps: int, next_from: str, max_parallel: int | None
 ) -> None:
-    if not callable(threshold) and not (0.0 < float(threshold) <= 1.0):
-        raise TempoError(f"threshold must lie in (0, 1], got {threshold}")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise TempoError(f"max_steps must be an integer >= 1, got {max_steps}")
-    if next_from not in NEXT_FROM:
+    if not callable(threshold):
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise TempoError(
+                f"threshold must be a number in (0, 1] or a callable, got {threshold!r}"
+            )
+        if not 0.0 < threshold <= 1.0:  # NaN fails too
+            raise TempoError(f"threshold must lie in (0, 1], got {threshold}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise TempoError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+    if not isinstance(next_from, str) or next_from not in NEXT_FROM:
         raise TempoError(f"next_from must be one of {', '.join(NEXT_FROM)}, got {next_from!r}")
-    if max_parallel is not None and (not isinstance(max_parallel, int) or max_parallel < 1):
-        raise TempoError(f"max_parallel must be an integer >= 1 or None, got {max_parallel}")
+    if max_parallel is not None and (
+        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
+    ):
+        raise TempoError(f"max_parallel must be an integer >= 1 or None, got {max_parallel!r}")
 
 
 def prune_rule(scores: torch.Tensor, ratio: float) -> torch.Tensor:

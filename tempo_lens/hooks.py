@@ -208,6 +208,33 @@ ATTN_SCORES = "attn.hook_attn_scores"
 Bias = float | Float[torch.Tensor, "batch heads"]
 
 
+def check_hook_points(model: HookedTransformer, hooks: Iterable[Hook]) -> None:
+    """Every hook named by a string must name a hook point of `model`."""
+    for name, _ in hooks:
+        if isinstance(name, str) and name not in model.hook_dict:
+            raise TempoError(
+                f"hook point {name!r} does not exist in this model ({model.cfg.n_layers} layers,"
+                f" {model.cfg.n_heads} heads); check the layer and hook name"
+            )
+
+
+def _indices(values: Any, what: str, limit: int | None) -> list[int]:
+    """Layer or head indices: integers from 0 (negative ones are refused, not counted from
+    the end), below `limit` when it is known."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise TempoError(f"{what} takes a list of integer indices, got {values!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TempoError(f"{what}: indices are integers, got {v!r}")
+        if v < 0:
+            raise TempoError(f"{what}: index {v} is negative; indices count from 0")
+        if limit is not None and v >= limit:
+            raise TempoError(f"{what}: index {v} does not exist; this model has {limit}")
+        out.append(v)
+    return out
+
+
 def batch_hidden(
     layout: Layout | LayoutBatch, isolate: bool, n_query: int | None = None
 ) -> Bool[torch.Tensor, "batch q n"]:
@@ -234,6 +261,7 @@ def mask_hooks(
     layers: Iterable[int] | None = None,
     heads: Iterable[int] | Mapping[int, Iterable[int]] | None = None,
     bias: Bias = -math.inf,
+    model: HookedTransformer | None = None,
 ) -> list[Hook]:
     """THE mask builder: add `bias` at `hook_attn_scores` to every (query, key) score
     marked in `hidden`. Isolation, pads, pruning and every masking ablation are this one
@@ -244,7 +272,16 @@ def mask_hooks(
     `layers`: which layers (default all); `heads`: which query heads, one collection for
     every chosen layer or `{layer: heads}`; `bias`: a float (`-inf` hides, 0 does nothing,
     finite values damp) or a `[batch, heads]` tensor of per-row, per-head biases. The
-    additive mask is built once per query block and shared by all layers."""
+    additive mask is built once per query block and shared by all layers. Indices count
+    from 0; pass `model` to have them range-checked at once (otherwise a head index is
+    checked when the hook runs, a layer index by `forward`)."""
+    if isinstance(bias, bool) or (
+        not isinstance(bias, torch.Tensor)
+        and (not isinstance(bias, int | float) or math.isnan(bias))
+    ):
+        raise TempoError(f"bias must be a number (-inf: full isolation), got {bias!r}")
+    n_layers = model.cfg.n_layers if model is not None else None
+    n_heads = model.cfg.n_heads if model is not None else None
     n = len(layout)
     if hidden.ndim == 2:
         hidden = hidden[None]
@@ -254,9 +291,16 @@ def mask_hooks(
         )
     per_layer_heads: Mapping[int, Iterable[int]] | None = None
     if isinstance(heads, Mapping):
-        per_layer_heads = heads
+        _indices(list(heads), "heads (layer keys)", n_layers)
+        per_layer_heads = {k: _indices(v, "heads", n_heads) for k, v in heads.items()}
         if layers is None:
             layers = sorted(heads)
+    elif heads is not None:
+        heads = _indices(heads, "heads", n_heads)
+    if layers is not None:
+        layers = _indices(layers, "layers", n_layers)
+        if per_layer_heads is not None and (missing := set(layers) - set(per_layer_heads)):
+            raise TempoError(f"heads: no heads given for layer {min(missing)}")
     if layers is None and heads is not None:
         raise TempoError("a head schedule needs layers: pass layers=... or heads={layer: heads}")
     masks: dict[tuple, torch.Tensor | None] = {}
@@ -287,6 +331,11 @@ def mask_hooks(
     def make_hook(head_sel: tuple[int, ...] | None) -> HookFn:
         def hook(scores: torch.Tensor, hook: HookPoint) -> torch.Tensor:
             _check_keys(layout, scores.shape[-1], hook.name or ATTN_SCORES)
+            if head_sel and max(head_sel) >= scores.shape[1]:
+                raise TempoError(
+                    f"heads: index {max(head_sel)} does not exist; this model has "
+                    f"{scores.shape[1]} heads"
+                )
             m = mask_for(scores, head_sel)
             return scores if m is None else scores + m
 
@@ -308,6 +357,7 @@ def isolation_hooks(
     layers: Iterable[int] | None = None,
     heads: Iterable[int] | Mapping[int, Iterable[int]] | None = None,
     bias: Bias = -math.inf,
+    model: HookedTransformer | None = None,
 ) -> list[Hook]:
     """Hooks that hide each set member from its siblings at `hook_attn_scores`
     (`mask_hooks` with hidden = same set; pads of a LayoutBatch stay hidden everywhere).
@@ -319,9 +369,9 @@ def isolation_hooks(
     pads = batch_hidden(batch, isolate=False)
     everywhere = layers is None and heads is None and _is_neg_inf(bias)
     if everywhere:
-        return mask_hooks(layout, batch_hidden(batch, isolate=True))
+        return mask_hooks(layout, batch_hidden(batch, isolate=True), model=model)
     same = batch_hidden(batch, isolate=True) & ~pads
-    hooks = mask_hooks(layout, same, layers=layers, heads=heads, bias=bias)
+    hooks = mask_hooks(layout, same, layers=layers, heads=heads, bias=bias, model=model)
     return hooks + (mask_hooks(layout, pads) if bool(pads.any()) else [])
 
 

@@ -54,9 +54,18 @@ class Layout:
     _same_set: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        n = self.tokens.shape[0]
+        parts = (self.tokens, self.positions, self.step)
+        if not all(isinstance(t, torch.Tensor) for t in parts):
+            raise TempoError("Layout needs three 1-D tensors (tokens, positions, step)")
+        n = self.tokens.shape[0] if self.tokens.ndim else -1
         if self.tokens.ndim != 1 or self.positions.shape != (n,) or self.step.shape != (n,):
             raise TempoError("Layout needs three 1-D tensors of equal length")
+        if self.tokens.is_floating_point() or self.step.is_floating_point():
+            raise TempoError("Layout tokens and step must be integer tensors")
+        if self.positions.is_floating_point() and not bool(torch.isfinite(self.positions).all()):
+            raise TempoError("Layout positions must be finite numbers (no NaN or inf)")
+        if n and int(self.tokens.min()) < 0:
+            raise TempoError(f"Layout token ids must be >= 0, got {int(self.tokens.min())}")
 
     # -- construction -----------------------------------------------------------------
     @classmethod

@@ -13,11 +13,9 @@ compare against.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -349,7 +347,7 @@ def load_hf_gguf(path: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any
     return hf, tok
 
 
-def _embedded_cache_key(path: Path) -> str:
+def embedded_cache_key(path: Path) -> str:
     """Size plus a hash of the file's head: shared by every environment that installed the
     same wheel (an mtime would differ per install and make them rebuild each other's cache)."""
     import hashlib
@@ -359,45 +357,107 @@ def _embedded_cache_key(path: Path) -> str:
     return f"{CACHE_FORMAT}-{path.stat().st_size}-{head}"
 
 
+CACHE_ENTRY = "smollm2-135m-instruct-q4_1"
+CACHE_LOCK_TIMEOUT = 1800.0  # a concurrent first load waits for the one converting
+
+
+def file_digest(path: Path) -> tuple[str, bytes]:
+    """(blake2b hex digest, the bytes) of a file, read once."""
+    import hashlib
+
+    data = path.read_bytes()
+    return hashlib.blake2b(data, digest_size=32).hexdigest(), data
+
+
+def read_cache(entry: Path, key: str) -> Any:
+    """(tokenizer, state dict, cfg dict) of a verified cache entry, or None when it must
+    be (re)built: absent, made from another GGUF, or damaged (then with a warning)."""
+    from safetensors.torch import load as load_bytes
+    from transformers import AutoTokenizer
+
+    from tempo_lens.storage import read_json
+
+    if not entry.exists():
+        return None
+    try:
+        meta = read_json(entry / "meta.json")
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            return None  # another GGUF (or an older cache format): rebuilt quietly
+        if "blake2b" not in meta:
+            raise ModelLoadError("meta.json records no weight hash (an older cache format)")
+        digest, data = file_digest(entry / "model.safetensors")
+        if meta["blake2b"] != digest:
+            raise ModelLoadError("model.safetensors does not match the hash recorded in meta.json")
+        state_dict = load_bytes(data)
+        if not isinstance(meta.get("cfg"), dict):
+            raise ModelLoadError("meta.json has no config")
+        problem = _cfg_matches_weights(meta["cfg"], state_dict)
+        if problem:
+            raise ModelLoadError(problem)
+        tok = AutoTokenizer.from_pretrained(entry / "tokenizer")
+    except Exception as err:  # a damaged cache is rebuilt, never fatal
+        warnings.warn(f"rebuilding the damaged model cache at {entry} ({err})", stacklevel=4)
+        return None
+    return tok, state_dict, meta["cfg"]
+
+
+def _cfg_matches_weights(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> str | None:
+    """Where the cached config disagrees with the (hash-verified) weights, or None."""
+    layers = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.")}
+    checks = {
+        "n_layers": (len(layers), cfg.get("n_layers")),
+        "d_vocab, d_model": (
+            tuple(sd["embed.W_E"].shape),
+            (cfg.get("d_vocab"), cfg.get("d_model")),
+        ),
+        "n_heads, d_head": (
+            tuple(sd["blocks.0.attn.W_Q"].shape),
+            (cfg.get("n_heads"), cfg.get("d_model"), cfg.get("d_head")),
+        ),
+        "d_mlp": (sd["blocks.0.mlp.W_in"].shape[-1], cfg.get("d_mlp")),
+    }
+    for name, (found, claimed) in checks.items():
+        if found != claimed:
+            return f"meta.json says {name} = {claimed}, the weights have {found}"
+    return None
+
+
 def _load_embedded(
     device: str | torch.device | None, dtype: torch.dtype | None
 ) -> HookedTransformer:
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoTokenizer
+    """The embedded model through its weight cache: one lock per cache entry (a second
+    first load waits, then reads the entry), a blake2b hash of the weights checked on every
+    load and the recorded config checked against the weights' shapes (reading the GGUF's
+    own metadata would cost seconds per load); a mismatch rebuilds with a warning."""
+    from safetensors.torch import save_file
+
+    from tempo_lens.storage import atomic_dir, marker, sweep_stale, target_lock, write_json_atomic
 
     gguf = embedded_gguf_path()
-    entry = cache_dir() / "smollm2-135m-instruct-q4_1"
-    key = _embedded_cache_key(gguf)
-    if entry.is_dir():
-        try:
-            meta = json.loads((entry / "meta.json").read_text())
-            if meta.get("key") == key:
-                tok = AutoTokenizer.from_pretrained(entry / "tokenizer")
-                state_dict = load_file(entry / "model.safetensors")
-                cfg = _make_cfg(meta["cfg"], tok, device, dtype, EMBEDDED_NAME)
-                return _build(cfg, state_dict, tok)
-        except Exception as err:  # a corrupt cache is rebuilt, never fatal
-            warnings.warn(f"rebuilding the corrupt model cache at {entry} ({err})", stacklevel=3)
+    entry = cache_dir() / CACHE_ENTRY
+    key = embedded_cache_key(gguf)
+    with target_lock(entry, timeout=CACHE_LOCK_TIMEOUT):
+        sweep_stale(entry.parent)  # temporaries of killed loads
+        cached = read_cache(entry, key)
+        if cached is not None:
+            tok, state_dict, cfg_dict = cached
+            return _build(_make_cfg(cfg_dict, tok, device, dtype, EMBEDDED_NAME), state_dict, tok)
         shutil.rmtree(entry, ignore_errors=True)
-
-    hf, tok = load_hf_gguf(gguf)
-    cfg_dict = config_from_hf(hf.config)
-    cfg = _make_cfg(cfg_dict, tok, device, dtype, EMBEDDED_NAME)
-    state_dict = _converters()[cfg_dict["original_architecture"]][1](hf, cfg)
-    del hf
-    # Cache the converted weights (atomic: written beside, then renamed into place).
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".tmp-"))
-        save_file(
-            {k: v.detach().contiguous() for k, v in state_dict.items()},
-            tmp / "model.safetensors",
-        )
-        tok.save_pretrained(tmp / "tokenizer")
-        (tmp / "meta.json").write_text(json.dumps({"key": key, "cfg": cfg_dict}))
-        os.replace(tmp, entry)
-    except OSError as err:
-        warnings.warn(f"could not cache converted weights at {entry}: {err}", stacklevel=3)
+        hf, tok = load_hf_gguf(gguf)
+        cfg_dict = config_from_hf(hf.config)
+        cfg = _make_cfg(cfg_dict, tok, device, dtype, EMBEDDED_NAME)
+        state_dict = _converters()[cfg_dict["original_architecture"]][1](hf, cfg)
+        del hf
+        try:
+            with atomic_dir(entry, "model-cache", lock_timeout=None) as tmp:
+                weights = {k: v.detach().contiguous() for k, v in state_dict.items()}
+                save_file(weights, tmp / "model.safetensors")
+                digest, _ = file_digest(tmp / "model.safetensors")
+                tok.save_pretrained(tmp / "tokenizer")
+                meta = {"key": key, "cfg": cfg_dict, "blake2b": digest}
+                write_json_atomic(tmp / "meta.json", {"tempo_lens": marker("model-cache"), **meta})
+        except (OSError, TempoError) as err:
+            warnings.warn(f"could not cache converted weights at {entry}: {err}", stacklevel=3)
     return _build(cfg, state_dict, tok)
 
 
@@ -442,6 +502,14 @@ def load_model(
     - a local Hugging Face model directory or a hub id TL does not list: the HF config is
       converted by `config_from_hf` and the weights by TL's converter for that family.
     """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if name is not None and not isinstance(name, str):
+        raise ModelLoadError(
+            f"the model name must be a string (a name, directory or hub id), got {name!r}"
+        )
+    if name is not None and not name.strip():
+        raise ModelLoadError("the model name is empty; omit it for the embedded default")
     torch_dtype = _parse_dtype(dtype)
     if name is None or name in ("embedded", EMBEDDED_NAME):
         return _load_embedded(device, torch_dtype)

@@ -1,25 +1,25 @@
 """`TempoRun`: the result of one generation, its text views, and its on-disk form.
 
 On disk a run is a directory with `run.json` (everything small and human-readable) and
-`tensors.safetensors` (layout, top-k, captured activations, optional logits). Both are
-written into a temporary sibling directory that is renamed into place, so a crash never
-leaves a half-written run. No pickle anywhere.
+`tensors.safetensors` (layout, top-k, captured activations, optional logits), written by
+`save_run` through `tempo_lens.storage.atomic_dir` (a crash never leaves a half-written
+run; nothing but an earlier run is ever replaced) and checked by `load_run` against the
+`RunFile` schema. No pickle anywhere.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from tempo_lens.errors import TempoError
 from tempo_lens.layout import Layout, ParallelSet, PrunedMember
+from tempo_lens.storage import atomic_dir, marker, read_json, write_json_atomic
 
 FORMAT_VERSION = 1
 ANSI_SET = "\033[36m"
@@ -118,6 +118,7 @@ class TempoRun:
     # -- disk -------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {
+            "tempo_lens": marker("run"),
             "format_version": FORMAT_VERSION,
             "prompt": self.prompt,
             "model_name": self.model_name,
@@ -153,89 +154,149 @@ class TempoRun:
         return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the run atomically to `directory` (replacing an earlier run there)."""
-        target = Path(directory)
-        write_atomic_dir(
-            target,
-            lambda tmp: (
-                _save_tensors(self.tensors(), tmp / "tensors.safetensors"),
-                (tmp / "run.json").write_text(json.dumps(self.to_json(), indent=1)),
-            ),
-        )
-        return target
+        """Write the run atomically to `directory` (see `save_run`)."""
+        return save_run(self, directory)
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+class _Marker(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    kind: Literal["run"]
+    version: Literal[1]
+
+
+class _StepFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    tokens: list[NonNegativeInt] = Field(min_length=1)
+    probs: list[float]
+    position: int
+
+
+class _LayoutFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    tokens: list[NonNegativeInt]
+    positions: list[float]
+    step: list[int]
+
+
+class _PrunedFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    step: NonNegativeInt
+    set_step: NonNegativeInt
+    member: NonNegativeInt
+    token: NonNegativeInt
+    score: float
+
+
+class RunFile(BaseModel):
+    """The schema of `run.json` (format 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    tempo_lens: _Marker | None = None  # absent in runs written before markers existed
+    format_version: Literal[1]
+    prompt: str | None
+    model_name: str
+    config: dict[str, Any]
+    stop_reason: str
+    seconds: float = Field(ge=0)
+    steps: list[_StepFile]
+    token_strs: list[str]
+    layout: _LayoutFile
+    text: str
+    clean_text: str
+    stats: dict[str, Any]
+    captured: dict[str, NonNegativeInt]
+    has_logits: bool
+    pruned: list[_PrunedFile] = []
+
+
+def save_run(run: TempoRun, directory: str | os.PathLike, *, lock: bool = True) -> Path:
+    """Write `run` atomically as `directory/` (`run.json` + `tensors.safetensors`). An
+    existing run there is replaced; any other existing non-empty directory or file is
+    refused (`tempo_lens.storage.atomic_dir`). `lock=False` when the caller holds a lock
+    covering `directory` (an experiment writing its runs)."""
     from safetensors.torch import save_file
 
-    save_file(tensors, str(path))
-
-
-def write_atomic_dir(target: Path, write: Any) -> None:
-    """Call `write(tmp_dir)` on a fresh sibling directory, then rename it to `target`."""
-    parent = target.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.tmp-"))
-    except OSError as err:
-        raise TempoError(f"cannot write to {parent}: {err.strerror}; choose another --out") from err
-    try:
-        write(tmp)
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def replace_dir(staged: Path, target: Path) -> None:
-    """Rename the finished directory `staged` to `target`, replacing an earlier one there
-    (moved aside first, then removed), so `target` is never half-written."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.resolve().parent, prefix=f".{target.name}.old-"))
-        os.replace(target, old / "x")
-        os.replace(staged, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, target)
+    with atomic_dir(directory, "run", lock_timeout=60.0 if lock else None) as tmp:
+        save_file(run.tensors(), str(tmp / "tensors.safetensors"))
+        write_json_atomic(tmp / "run.json", run.to_json())
+    return Path(directory)
 
 
 def load_run(directory: str | os.PathLike) -> TempoRun:
-    """Load a run written by `TempoRun.save`."""
-    from safetensors.torch import load_file
-
+    """Load a run written by `save_run`; a damaged or incomplete run is a `TempoError`
+    naming the file and what is wrong (regenerate it)."""
     d = Path(directory)
     if not (d / "run.json").is_file() or not (d / "tensors.safetensors").is_file():
         raise TempoError(f"{d} is not a saved run (run.json and tensors.safetensors expected)")
-    meta = json.loads((d / "run.json").read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
+    raw = read_json(d / "run.json")
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
         raise TempoError(
-            f"{d} has run format {meta.get('format_version')}, this tempo_lens reads "
-            f"{FORMAT_VERSION}; regenerate the run"
+            f"{d} has run format {version}, this tempo_lens reads {FORMAT_VERSION}; "
+            "regenerate the run"
         )
-    t = load_file(str(d / "tensors.safetensors"))
+    meta = read_json(d / "run.json", RunFile)
+    t = _load_tensors(d / "tensors.safetensors")
+    _check_tensors(d, meta, t)
     acts: dict[str, list[torch.Tensor]] = {
-        name: [t[f"act.{name}.{i}"] for i in range(n)] for name, n in meta["captured"].items()
+        name: [t[f"act.{name}.{i}"] for i in range(n)] for name, n in meta.captured.items()
     }
     logits = None
-    if meta["has_logits"]:
-        logits = [
-            t[k]
-            for k in sorted(
-                (k for k in t if k.startswith("logits.")), key=lambda k: int(k.split(".")[1])
-            )
-        ]
+    if meta.has_logits:
+        keys = [k for k in t if k.startswith("logits.")]
+        logits = [t[f"logits.{i}"] for i in range(len(keys))]
     return TempoRun(
-        prompt=meta["prompt"],
-        model_name=meta["model_name"],
-        config=meta["config"],
+        prompt=meta.prompt,
+        model_name=meta.model_name,
+        config=meta.config,
         layout=Layout(t["layout.tokens"], t["layout.positions"], t["layout.step"]),
-        steps=[ParallelSet(s["tokens"], s["probs"], s["position"]) for s in meta["steps"]],
-        token_strs=meta["token_strs"],
+        steps=[ParallelSet(s.tokens, s.probs, s.position) for s in meta.steps],
+        token_strs=meta.token_strs,
         topk_ids=t["topk.ids"],
         topk_probs=t["topk.probs"],
-        stop_reason=meta["stop_reason"],
-        seconds=meta["seconds"],
+        stop_reason=meta.stop_reason,
+        seconds=meta.seconds,
         activations=acts,
         logits=logits,
-        pruned=[PrunedMember(**p) for p in meta.get("pruned", [])],
+        pruned=[PrunedMember(**p.model_dump()) for p in meta.pruned],
     )
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types on damaged files
+        raise TempoError(f"{path} is damaged ({_first_line(err)}); regenerate the run") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else err.__class__.__name__
+
+
+def _check_tensors(d: Path, meta: RunFile, t: dict[str, torch.Tensor]) -> None:
+    """The tensors must be the ones `run.json` describes."""
+    path = d / "tensors.safetensors"
+    expected = ["layout.tokens", "layout.positions", "layout.step", "topk.ids", "topk.probs"]
+    expected += [f"act.{name}.{i}" for name, n in meta.captured.items() for i in range(n)]
+    if meta.has_logits:
+        expected += [f"logits.{i}" for i in range(sum(k.startswith("logits.") for k in t))]
+    missing = [k for k in expected if k not in t]
+    if missing:
+        raise TempoError(f"{path} lacks {missing[0]!r}; regenerate the run")
+    n = len(meta.layout.tokens)
+    n_steps = len(meta.steps)
+    problems = [
+        (t["layout.tokens"].tolist() != meta.layout.tokens, "layout.tokens differs from run.json"),
+        (t["layout.step"].tolist() != meta.layout.step, "layout.step differs from run.json"),
+        (t["layout.positions"].shape != (n,), "layout.positions has the wrong length"),
+        (len(meta.token_strs) != n, "run.json has one token string per token"),
+        (t["topk.ids"].shape[:1] != (n_steps,), "topk.ids has the wrong number of steps"),
+        (t["topk.probs"].shape != t["topk.ids"].shape, "topk.probs and topk.ids differ in shape"),
+        (sum(len(s.tokens) for s in meta.steps) > n, "run.json has more set members than tokens"),
+    ]
+    for bad, what in problems:
+        if bad:
+            raise TempoError(f"{path}: {what}; regenerate the run")

@@ -56,9 +56,9 @@ def test_unwritable_out(capsys, tmp_path):
     code, _, err = _cli(
         capsys, "generate", "hi", "--model", "tiny-llama", "--out", str(blocker / "run")
     )
-    assert code == 2 and "is a file, not a directory; choose another --out" in err
+    assert code == 2 and "is a file, not a directory; choose another path" in err
     code, _, err = _cli(capsys, "generate", "hi", "--model", "tiny-llama", "--out", str(blocker))
-    assert code == 2 and "is a file; give a directory path" in err
+    assert code == 2 and "is a file, not a run directory; give a new path" in err
 
 
 def test_generate_prints_text_and_stats_and_saves(capsys, tmp_path):

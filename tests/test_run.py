@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tempo_lens as tl
-from tempo_lens.run import write_atomic_dir
+from tempo_lens.storage import atomic_dir
 
 
 def _run(model, **kw):
@@ -57,19 +57,17 @@ def test_save_load_round_trip(tiny_pair, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(run.logits, back.logits, strict=True))
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
     assert meta["format_version"] == 1 and meta["stats"]["steps"] == 6
-    # overwrite in place keeps exactly one run there
+    assert meta["tempo_lens"] == {"kind": "run", "version": 1}
+    # overwrite in place keeps exactly one run there (plus its lock file)
     run.save(tmp_path / "r")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".r.lock", "r"]
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    def boom(d):
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "out", "run") as d:
         (d / "half.json").write_text("{")
         raise RuntimeError("crash mid-write")
-
-    with pytest.raises(RuntimeError):
-        write_atomic_dir(tmp_path / "out", boom)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".out.lock"]
 
 
 def test_load_run_errors(tmp_path):

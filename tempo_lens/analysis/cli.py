@@ -23,8 +23,8 @@ def _experiment(args: Any) -> int:
     section = load_config(args.config)
     if args.model is not None:
         section["model"] = args.model
-    out = Path(args.out) if args.out else default_out(section)
-    check_out_dir(str(out))
+    check_out_dir(args.out if args.out is not None else str(default_out(section)), "experiment")
+    out = Path(args.out) if args.out is not None else default_out(section)
     summary = run_experiment(section, out, progress=not args.no_progress)
     t = summary["timing"]
     print(

@@ -6,10 +6,13 @@ calls the kind registered under `kind:` and writes into `out`:
 - `config.yaml` (the resolved config), `summary.json` (every figure), `report.md`,
 - `runs/<id>/` (each run, `TempoRun.save`, loadable with `load_run`), PNG plots.
 
-Everything is written into a hidden staging directory beside `out` and renamed into
-place at the end, so `out` is never half-written. Runs are saved one by one as they
-finish; an interrupted experiment resumes from the staging directory (or from a finished
-`out`) and skips every run already on disk whose prompt and settings match.
+Everything is written into a hidden staging directory beside `out` (`.NAME.partial`) and
+swapped into place at the end (`tempo_lens.storage.commit_dir`), so `out` is never
+half-written; an existing `out` is replaced only when it is an earlier experiment. One
+process at a time writes an `out` (a second stops with one line). Runs are saved one by
+one as they finish; an interrupted experiment resumes from the staging directory (or from
+a finished `out`) and reuses every run on disk whose prompt and settings match and that
+loads; a damaged run is regenerated.
 """
 
 from __future__ import annotations
@@ -17,20 +20,34 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, StrictStr
 
+from tempo_lens.analysis.config import NAME_PATTERN
 from tempo_lens.analysis.registry import KINDS, ExperimentFn
 from tempo_lens.errors import TempoError
 from tempo_lens.generate import generate, tokenize
-from tempo_lens.run import TempoRun, load_run, replace_dir
+from tempo_lens.run import TempoRun, load_run, save_run
+from tempo_lens.storage import (
+    check_target,
+    commit_dir,
+    marker,
+    read_json,
+    sweep_stale,
+    target_lock,
+    write_file_atomic,
+    write_json_atomic,
+)
 
 KIND_MODULES = (
     "tempo_lens.analysis.kinds",
@@ -212,7 +229,15 @@ def ensure_runs(
         cache=tuple(cache) if cache else None,
         keep_logits=keep_logits,
     )
-    todo = [s for s in specs if not _matches(runs_dir / s.run_id, s, section)]
+    sweep_stale(runs_dir)
+    loaded: dict[str, TempoRun] = {}
+    for s in specs:
+        if _matches(runs_dir / s.run_id, s, section):
+            try:
+                loaded[s.run_id] = load_run(runs_dir / s.run_id)
+            except TempoError as err:
+                warnings.warn(f"regenerating run {s.run_id}: {err}", stacklevel=2)
+    todo = [s for s in specs if s.run_id not in loaded]
     section.setdefault("_bookkeeping", {"generated_runs": 0, "skipped_runs": 0})
     section["_bookkeeping"]["generated_runs"] += len(todo)
     section["_bookkeeping"]["skipped_runs"] += len(specs) - len(todo)
@@ -224,10 +249,11 @@ def ensure_runs(
             section["_bookkeeping"]["stopped_by_time_budget"] = True
             continue
         for spec, run in zip(unit, generate_unit(model, unit, options), strict=True):
-            run.save(runs_dir / spec.run_id)
-    return {
-        s.run_id: load_run(runs_dir / s.run_id) for s in specs if (runs_dir / s.run_id).is_dir()
-    }
+            # replaces a damaged run too; the experiment's lock covers its runs
+            shutil.rmtree(runs_dir / spec.run_id, ignore_errors=True)
+            save_run(run, runs_dir / spec.run_id, lock=False)
+            loaded[spec.run_id] = load_run(runs_dir / spec.run_id)
+    return {s.run_id: loaded[s.run_id] for s in specs if s.run_id in loaded}
 
 
 def pairs(section: dict[str, Any], order: str = "prompt") -> Iterator[tuple[RunSpec, RunSpec]]:
@@ -249,8 +275,51 @@ def bar(items: list[Any], enabled: bool, unit: str) -> Any:
 # ---------------------------------------------------------------------------------------
 
 
+EXPERIMENTS_ROOT = Path("runs") / "experiments"
+
+
+class _SummaryMarker(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    kind: Literal["experiment"]
+    version: Literal[1]
+
+
+class SummaryFile(BaseModel):
+    """The envelope of `summary.json`: what every kind's summary carries (the figures
+    themselves are the kind's own)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    tempo_lens: _SummaryMarker | None = None  # absent in summaries written before markers
+    name: StrictStr
+    kind: StrictStr
+    model: StrictStr
+    timing: dict[str, Any]
+
+
+def load_summary(directory: str | os.PathLike) -> dict[str, Any]:
+    """`directory/summary.json`, checked against `SummaryFile` (a `TempoError` naming the
+    file and the problem otherwise)."""
+    path = Path(directory) / "summary.json"
+    if not path.is_file():
+        raise TempoError(f"{directory} has no summary.json; run `tempo-lens experiment` into it")
+    summary = read_json(path, SummaryFile).model_dump()
+    summary.pop("tempo_lens", None)
+    return summary
+
+
+def check_name(name: Any) -> str:
+    """An experiment name is a slug (letters, digits, `_ . -`), never a path."""
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise TempoError(
+            f"name: {name!r} is not a valid experiment name; use letters, digits, '_', '.' "
+            "and '-' (e.g. exp1_attention), no path"
+        )
+    return name
+
+
 def default_out(section: dict[str, Any]) -> Path:
-    return Path("runs") / "experiments" / section["name"]
+    """runs/experiments/<name>; the name is checked so the path stays under that root."""
+    return EXPERIMENTS_ROOT / check_name(section["name"])
 
 
 def staging_dir(out: Path) -> Path:
@@ -267,19 +336,29 @@ def run_experiment(
     """Run one resolved experiment section into `out` (default runs/experiments/<name>);
     return its summary. `model` may be passed in (tests); otherwise it is loaded from
     `section['model']`."""
-    out = Path(out) if out is not None else default_out(section)
-    if out.exists() and not out.is_dir():
-        raise TempoError(f"--out {out} is a file; give a directory path")
+    check_name(section["name"])
+    out = check_target(out if out is not None else default_out(section), "experiment")
     fn = kinds()[section["kind"]]
     t0 = time.perf_counter()
-    if model is None:
-        from tempo_lens.cli import load_model_quietly
+    with target_lock(out, timeout=0):
+        if model is None:
+            from tempo_lens.cli import load_model_quietly
 
-        model = load_model_quietly(section["model"])
+            model = load_model_quietly(section["model"])
+        return _run_locked(fn, section, out, model, progress, t0)
+
+
+def _run_locked(
+    fn: ExperimentFn, section: dict[str, Any], out: Path, model: Any, progress: bool, t0: float
+) -> dict[str, Any]:
     stage = staging_dir(out)
     stage.mkdir(parents=True, exist_ok=True)
+    (stage / "runs").mkdir(exist_ok=True)
+    sweep_stale(stage / "runs")
     if (out / "runs").is_dir():  # a finished experiment: its runs seed the resume
         for run_dir in (out / "runs").iterdir():
+            if run_dir.name.startswith(".") or not run_dir.is_dir():
+                continue  # temporaries and locks are never copied
             if not (stage / "runs" / run_dir.name).exists():
                 shutil.copytree(run_dir, stage / "runs" / run_dir.name)
     for stale in ("summary.json", "report.md", "config.yaml"):
@@ -300,17 +379,12 @@ def run_experiment(
     timing["wall_seconds"] = round(time.perf_counter() - t0, 2)
     summary["timing"] = timing
     resolved = {k: v for k, v in section.items() if not k.startswith("_")}
-    _write(stage / "config.yaml", yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-    _write(stage / "summary.json", json.dumps(summary, indent=1))
-    _write(stage / "report.md", render_report(fn, summary, resolved, stage))
-    replace_dir(stage, out)
+    config_text = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
+    write_file_atomic(stage / "config.yaml", config_text)
+    write_json_atomic(stage / "summary.json", {"tempo_lens": marker("experiment"), **summary})
+    write_file_atomic(stage / "report.md", render_report(fn, summary, resolved, stage))
+    commit_dir(stage, out, "experiment")
     return summary
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def render_report(

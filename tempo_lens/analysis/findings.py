@@ -8,7 +8,6 @@ and n) and a verdict decided by the rules written next to each row below.
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections import defaultdict
 from pathlib import Path
@@ -17,15 +16,15 @@ from typing import Any
 import numpy as np
 
 from tempo_lens.errors import TempoError
+from tempo_lens.storage import write_file_atomic
 
 HEADLINE = "t0.1/mixture"
 
 
 def _load(d: Path) -> dict[str, Any]:
-    p = d / "summary.json"
-    if not p.is_file():
-        raise TempoError(f"{d} has no summary.json; run `tempo-lens experiment` into it first")
-    return json.loads(p.read_text())
+    from tempo_lens.analysis.experiment import load_summary
+
+    return load_summary(d)
 
 
 def _ci(block: dict[str, Any], key: str = "mean") -> str:
@@ -402,11 +401,16 @@ def write_findings(
         "--out",
         str(out),
     ]
-    text = build(sweep, exps, shlex.join(parts))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    try:
+        text = build(sweep, exps, shlex.join(parts))
+    except (KeyError, TypeError, IndexError, ValueError) as err:
+        if isinstance(err, TempoError):
+            raise
+        raise TempoError(
+            f"the summaries of {sweep_dir} and {len(experiment_dirs)} experiment(s) lack "
+            f"figures the findings need ({err!r}); re-run those experiments"
+        ) from None
+    write_file_atomic(out, text, kind="findings")
     return out
 
 

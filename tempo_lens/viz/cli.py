@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from tempo_lens.errors import TempoError
+from tempo_lens.storage import check_target
 from tempo_lens.viz.report import ATTENTION_RUNS, BUDGET_MB, MAX_LAYERS, build_report, write_report
 
 
@@ -60,9 +62,15 @@ def _report(args: Any) -> int:
         )
     if args.max_layers < 1:
         raise TempoError(f"--max-layers must be >= 1, got {args.max_layers}")
-    out = Path(args.out) if args.out else (src / "report.html" if src.is_dir() else None)
-    if out is not None and out.is_dir():
-        raise TempoError(f"--out {out} is a directory; give a file path like report.html")
+    if not math.isfinite(args.budget_mb) or args.budget_mb <= 0:
+        raise TempoError(f"--budget-mb must be a positive number, got {args.budget_mb}")
+    if args.attention_runs < 0:
+        raise TempoError(f"--attention-runs must be >= 0, got {args.attention_runs}")
+    out = (
+        Path(args.out) if args.out is not None else (src / "report.html" if src.is_dir() else None)
+    )
+    if out is not None:
+        check_target(out, "report")  # before any model loads
 
     def load(name: str) -> Any:
         wanted = args.model or (None if name == EMBEDDED_NAME else name)

@@ -21,7 +21,6 @@ import html
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from tempo_lens.errors import TempoError
 from tempo_lens.run import TempoRun, load_run
+from tempo_lens.storage import write_file_atomic
 from tempo_lens.viz.attention import (
     captured_layers,
     full_patterns,
@@ -245,6 +245,7 @@ class Report:
         made = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         return (
             '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="generator" content="tempo_lens report">'
             f"<title>{_e(self.title)}</title><style>{CSS}</style>"
             f"<script>{circuitsvis_bundle()}</script></head><body>"
             f"<h1>{_e(self.title)}</h1>"
@@ -491,7 +492,7 @@ def experiment_report(
         try:
             summary = json.loads((root / "summary.json").read_text())
             texts.append(f"<section><h2>Summary</h2>{_summary_html(summary)}</section>")
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # invalid JSON or not UTF-8
             report.note(f"summary.json is not valid JSON ({err}); not shown")
     if (root / "config.yaml").is_file():
         texts.append(
@@ -593,8 +594,10 @@ def build_report(
         )
     if not root.is_dir():
         raise TempoError(f"{root} is a file; pass a run directory or an experiment directory")
-    if budget_mb <= 0:
-        raise TempoError(f"the size budget must be positive, got {budget_mb} MB")
+    if not math.isfinite(budget_mb) or budget_mb <= 0:
+        raise TempoError(f"the size budget must be a positive number of MB, got {budget_mb}")
+    if not isinstance(attention_runs, int) or attention_runs < 0:
+        raise TempoError(f"the number of attention runs must be >= 0, got {attention_runs}")
     opts = AttentionOptions(layers, max_layers, model, load, attention)
     budget = int(budget_mb * 1e6)
     if is_run_dir(root):
@@ -608,27 +611,9 @@ def build_report(
 
 
 def write_report(html_text: str, out: str | os.PathLike) -> Path:
-    """Write atomically: a temporary file beside `out`, renamed into place."""
-    target = Path(out)
-    if target.is_dir():
-        raise TempoError(f"--out {out} is a directory; give a file path like report.html")
-    parent = target.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as err:
-        raise TempoError(f"cannot write to {parent}: {err.strerror}; choose another --out") from err
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html_text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the report from others
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """Write atomically (`tempo_lens.storage.write_file_atomic`); an existing file at
+    `out` is replaced only when it is an earlier tempo_lens report."""
+    return write_file_atomic(out, html_text, kind="report")
 
 
 CSS = """
