@@ -2,6 +2,7 @@
 # tempo_lens developer entry point. Each command creates .venv when missing and reuses it.
 #   ./dev.sh demo   install, then describe the embedded model and run TEMPO on it
 #   ./dev.sh test   install (+ Debian's Chromium for the browser test), ruff, full test suite
+#   ./dev.sh docs   install, then build the API reference (pdoc) into build/api/
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${TEMPO_VENV:-.venv}"
@@ -49,8 +50,12 @@ case "${1:-}" in
     # pytest exits 5 when no test ran: with `set -e` that fails the command, never a silent pass.
     "$PY" -m pytest -q -p no:cacheprovider "${@:2}"
     ;;
+  docs)
+    setup
+    "$PY" -m tests.test_docs build/api
+    ;;
   *)
-    echo "usage: ./dev.sh demo | ./dev.sh test [pytest args]" >&2
+    echo "usage: ./dev.sh demo | ./dev.sh test [pytest args] | ./dev.sh docs" >&2
     exit 2
     ;;
 esac

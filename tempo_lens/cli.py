@@ -140,37 +140,50 @@ COMMANDS: list[Command] = [
 ]
 
 
-def _register_optional() -> None:
-    """Subcommands that live beside their feature modules."""
+# Subcommands that live beside their feature modules: name -> (module, help). The module
+# (and torch, TransformerLens) is imported only when its command runs, so `--help` is fast;
+# tests/test_cli.py checks this table against each module's own COMMANDS.
+OPTIONAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "experiment": (
+        "tempo_lens.analysis.cli",
+        "run an experiment config (YAML) into an output directory",
+    ),
+    "findings": ("tempo_lens.analysis.cli", "write docs/findings.md from a sweep's summary.json"),
+    "report": ("tempo_lens.viz.cli", "write one self-contained HTML report of a run or experiment"),
+    "bench": ("tempo_lens.bench", "time TEMPO steps against greedy and Hugging Face"),
+}
+
+
+def _optional_command(name: str) -> Command:
     import importlib
 
-    for module in (
-        "tempo_lens.analysis.cli",
-        "tempo_lens.viz.cli",
-        "tempo_lens.bench",
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name and module.startswith(err.name):
-                continue
-            raise
-        for cmd in getattr(mod, "COMMANDS", []):
-            if cmd[0] not in {c[0] for c in COMMANDS}:
-                COMMANDS.append(cmd)
+    module = importlib.import_module(OPTIONAL_COMMANDS[name][0])
+    return next(c for c in module.COMMANDS if c[0] == name)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str] | None) -> str | None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; of the optional commands only the one `argv` names is imported."""
     from tempo_lens import __version__
 
-    _register_optional()
     parser = argparse.ArgumentParser(
         prog="tempo-lens",
         description="TEMPO parallel-token generation on TransformerLens",
     )
     parser.add_argument("--version", action="version", version=f"tempo-lens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help_text, add_args, run in COMMANDS:
+    chosen = _chosen(argv)
+    commands = list(COMMANDS)
+    for name, (_, help_text) in OPTIONAL_COMMANDS.items():
+        if name == chosen:
+            commands.append(_optional_command(name))
+        else:  # listed in --help; its arguments are added when it is the one run
+            commands.append((name, help_text, lambda p: None, lambda a: 0))
+    for name, help_text, add_args, run in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
         p.set_defaults(func=run)
@@ -182,9 +195,9 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)  # --help and --version exit here, before any heavy import
     _quiet()
-    parser = build_parser()
-    args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

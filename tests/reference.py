@@ -77,3 +77,9 @@ def hf_live_pruning(
                 if score <= ratio * mean and (s, j) not in pruned:
                     pruned[(s, j)] = t
     return pruned
+
+
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """What stays fixed when TL processes weights: `center_unembed` shifts each logit row
+    by a constant, so processed models are compared with HF on log-softmax."""
+    return logits.float().log_softmax(-1)

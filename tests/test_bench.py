@@ -81,7 +81,7 @@ def test_written_atomically_as_json_table_png(result: dict, tmp_path) -> None:
     assert back["ratios"] == result["ratios"]
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tempo_vs_greedy" in (out / "table.md").read_text()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bench.lock", "bench"]  # no temp left
 
 
 def test_measure_interleaves_and_resets() -> None:

@@ -50,7 +50,9 @@ def test_report_renders_offline(tmp_path):
     page = check_page(html, tmp_path / "report.png", actions=pick_layer_1_head_2)
     assert_rendered(page, 2)
     tokens, attention = page.roots
-    assert "hello" not in tokens["text"] and "h·0" in tokens["text"]  # token·position labels
+    # labels numbered once: sets grouped by brackets, the first member with its position
+    assert "┌" in tokens["text"] and f"@{run.steps[0].position}" in tokens["text"]
+    assert "·" not in tokens["text"]
     assert "L1H2" in picked["text"] and "L0H0" not in picked["text"]  # the picker re-drew
     assert "L1H2" in attention["text"]
 

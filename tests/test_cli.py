@@ -112,3 +112,44 @@ def test_version_entry_point():
         check=True,
     ).stdout
     assert out.strip() == f"tempo-lens {tl.__version__}"
+
+
+def test_help_imports_neither_torch_nor_transformer_lens():
+    import subprocess
+    import sys
+
+    code = (
+        "import contextlib, io, sys\n"
+        "from tempo_lens.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "import tempo_lens\n"
+        "heavy = [m for m in ('torch', 'transformer_lens', 'transformers') if m in sys.modules]\n"
+        "print(heavy, 'report' in out.getvalue() and 'bench' in out.getvalue())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="."
+    )
+    assert result.stdout.strip() == "[] True"
+
+
+def test_optional_command_table_matches_the_modules():
+    import importlib
+
+    from tempo_lens.cli import OPTIONAL_COMMANDS
+
+    for name, (module, help_text) in OPTIONAL_COMMANDS.items():
+        commands = {c[0]: c[1] for c in importlib.import_module(module).COMMANDS}
+        assert commands[name] == help_text
+
+
+def test_lazy_package_attributes():
+    import tempo_lens
+
+    assert tempo_lens.load_model.__module__ == "tempo_lens.loading"
+    assert set(tempo_lens.__all__) <= set(dir(tempo_lens))
+    with pytest.raises(AttributeError):
+        tempo_lens.no_such_name  # noqa: B018

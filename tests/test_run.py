@@ -82,3 +82,54 @@ def test_topk_is_the_selection_distribution(tiny_pair):
         top = run.topk_ids[step].tolist()
         assert top[: len(ps)] == ps.tokens  # members are the most probable tokens
         assert torch.allclose(run.topk_probs[step, : len(ps)], torch.tensor(ps.probs))
+
+
+# Provenance and notebook display ---------------------------------------------------------
+
+
+def _boost_head(z, hook, scale=2.0):
+    return z * scale
+
+
+def test_provenance_names_hooks_label_versions_and_weights(tmp_path):
+    import functools
+
+    from tempo_lens.provenance import weight_hash
+
+    model = tl.load_model("tiny-llama")
+    hooks = [("blocks.0.attn.hook_z", functools.partial(_boost_head, scale=3.0))]
+    run = _run(model, fwd_hooks=hooks, label="head boost")
+    p = run.provenance
+    assert p.label == "head boost" and not p.replayable
+    assert [(h.hook, h.function) for h in p.fwd_hooks] == [
+        (
+            "blocks.0.attn.hook_z",
+            "functools.partial(tests.test_run._boost_head, scale=3.0)",
+        )
+    ]
+    assert p.model_name == "tiny-llama" and p.weight_processing["fold_ln"] is True
+    assert {"python", "tempo_lens", "transformer_lens", "torch", "transformers"} <= set(p.versions)
+    plain = _run(model)
+    assert plain.provenance.replayable and plain.provenance.fwd_hooks == []
+    assert plain.provenance.weight_hash == p.weight_hash
+    with torch.no_grad():
+        model.W_U[0, 0] += 1.0  # an in-place edit changes the hash
+    assert weight_hash(model) != p.weight_hash
+    run.save(tmp_path / "r")
+    meta = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert meta["provenance"]["fwd_hooks"][0]["hook"] == "blocks.0.attn.hook_z"
+    assert tl.load_run(tmp_path / "r").provenance == p
+    meta["provenance"]["weight_hash"] = 7
+    (tmp_path / "r" / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(tl.TempoError, match="provenance.weight_hash"):
+        tl.load_run(tmp_path / "r")
+
+
+def test_run_displays_compactly(tiny_pair):
+    model, _, _ = tiny_pair
+    run = _run(model, cache=["hook_pattern", "hook_resid_post"], keep_logits=True)
+    text = repr(run)
+    assert text.startswith("TempoRun(model=") and len(text) < 1000
+    assert "captured=" in text and "logits=kept" in text
+    page = run._repr_html_()
+    assert len(page) < 20_000 and 'class="bracket"' in page

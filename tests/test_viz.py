@@ -60,32 +60,53 @@ def decode(layer: dict) -> np.ndarray:
 # -- labels ----------------------------------------------------------------------------------
 
 
-def test_labels_keep_siblings_apart(run):
+def test_labels_group_siblings_and_number_once(run):
     labels = token_labels(run)
     assert len(labels) == len(run.layout)
+    n = run.layout.n_prompt
+    assert labels[:n] == [lab for lab in labels[:n] if "@" not in lab and "·" not in lab]
     for i, ps in enumerate(run.steps):
         sib = labels[run.layout.set_slice(i)]
-        assert all(lab.endswith(f"·{ps.position}") for lab in sib)
+        assert sib[0].endswith(f" @{ps.position}")
+        assert all("@" not in lab for lab in sib[1:])  # the position once per set
+        if len(sib) > 1:
+            assert sib[0][0] == "┌" and sib[-1][0] == "└"
+            assert all(lab[0] == "├" for lab in sib[1:-1])
         assert len(set(sib)) == len(sib)
 
 
 def test_labels_format_and_collisions(run):
-    i = next(i for i, s in enumerate(run.steps) if len(s) > 1)
+    i = next(i for i, s in enumerate(run.steps) if len(s) == 2)
     sl = run.layout.set_slice(i)
     strs = list(run.token_strs)
     strs[sl.start], strs[sl.start + 1] = " The", " She"
     pos = run.steps[i].position
     labels = token_labels(dataclasses.replace(run, token_strs=strs))
-    assert labels[sl.start : sl.start + 2] == [f"The·{pos}", f"She·{pos}"]
+    assert labels[sl.start : sl.start + 2] == [f"┌The @{pos}", "└She"]
     # two members that decode alike still get distinct labels (their ids are appended)
     strs[sl.start + 1] = " The"
     labels = token_labels(dataclasses.replace(run, token_strs=strs))
     ids = run.layout.tokens.tolist()
     assert labels[sl.start : sl.start + 2] == [
-        f"The·{pos}#{ids[sl.start]}",
-        f"The·{pos}#{ids[sl.start + 1]}",
+        f"┌The @{pos}#{ids[sl.start]}",
+        f"└The#{ids[sl.start + 1]}",
     ]
-    assert token_labels(dataclasses.replace(run, token_strs=["\n"] + strs[1:]))[0] == "⏎·0"
+    assert token_labels(dataclasses.replace(run, token_strs=["\n"] + strs[1:]))[0] == "⏎"
+
+
+def test_fallback_steps_are_flagged(run):
+    from tempo_lens.viz.attention import fallback_steps
+
+    steps = list(run.steps)
+    steps[0] = dataclasses.replace(steps[0], tokens=steps[0].tokens[:1], probs=[0.05])
+    flagged = dataclasses.replace(run, steps=steps)
+    assert 0 in fallback_steps(flagged) and fallback_steps(run) == []
+    from tempo_lens.viz.report import step_table
+
+    assert step_table(flagged).count('class="fallback"') == len(fallback_steps(flagged))
+    label = token_labels(flagged)[flagged.layout.set_slice(0).start]
+    assert label.endswith(f"@{steps[0].position} †")
+    assert all("†" not in lab for lab in token_labels(run))
 
 
 # -- attention -------------------------------------------------------------------------------
@@ -119,17 +140,37 @@ def test_captured_pattern_assembles_to_replay(llama):
 
 
 def test_attention_view_props(run, llama):
+    from tempo_lens.viz.attention import MASKED, masked_cells
+
     view = attention_view(run, layer=1, heads=[0, 2], model=llama)
-    src = view.local_src
-    assert "AttentionHeads" in src
-    assert json.dumps(token_labels(run)) in src
-    assert '"attentionHeadNames": ["L1H0", "L1H2"]' in src
+    assert view.component == "AttentionHeads"
+    assert view.props["tokens"] == token_labels(run)
+    assert view.props["attentionHeadNames"] == ["L1H0", "L1H2"]
+    # masked sibling cells are drawn apart from zero attention
+    masked = masked_cells(run)
+    assert masked.any() and masked.sum() == sum(len(s) * (len(s) - 1) // 2 for s in run.steps)
+    att = view.props["attention"]
+    assert (att[:, masked] == MASKED).all() and (att[:, ~masked] >= 0).all()
+    assert view.props["minValue"] == MASKED and view.props["negativeColor"]
     end = run.layout.set_slice(1).stop
     step_view = attention_view(run, step=1, layer=0, model=llama)
-    assert json.dumps(token_labels(run)[:end]) in step_view.local_src
+    assert step_view.props["tokens"] == token_labels(run)[:end]
     tv = tokens_view(run)
-    assert "ColoredTokens" in tv.local_src
-    assert json.dumps([float(p) for p in run.steps[0].probs])[1:-1] in tv.local_src
+    assert tv.component == "ColoredTokens"
+    assert tv.props["values"][run.layout.n_prompt] == run.steps[0].probs[0]
+
+
+def test_notebook_views_carry_the_bundle_once(run, llama):
+    from tempo_lens.viz import notebook
+
+    notebook.reset_bundle()
+    first = attention_view(run, layer=0, model=llama)._repr_html_()
+    later = [tokens_view(run)._repr_html_(), attention_view(run, layer=1, model=llama)]
+    later[1] = later[1]._repr_html_()
+    bundle = circuitsvis_bundle()
+    assert bundle in first and len(first) > len(bundle)
+    assert all(bundle not in h and len(h) < 50_000 for h in later)
+    assert "CircuitsVis.AttentionHeads" in later[1] and "CircuitsVis.ColoredTokens" in later[0]
 
 
 def test_attention_without_pattern_or_model_says_how(run):
@@ -182,9 +223,11 @@ def test_set_graph_links_follow_next_from(run):
 def test_plan_attention_budget():
     per_layer = 9 * encoded_head_bytes(30)
     plan = plan_attention(30, 9, range(30), 12_000_000)
+    assert plan.layers == list(range(30)) and plan.heads == list(range(9))  # no cap: all
+    plan = plan_attention(30, 9, range(30), 12_000_000, max_layers=8)
     assert plan.layers == [0, 4, 8, 12, 17, 21, 25, 29] and plan.heads == list(range(9))
     plan = plan_attention(30, 9, range(30), 3 * per_layer + 10)
-    assert plan.layers == [0, 17, 29] and "fit the size budget" in plan.note
+    assert plan.layers == [0, 14, 29] and "fit the size budget" in plan.note
     plan = plan_attention(30, 9, range(30), 2 * encoded_head_bytes(30))
     assert plan.layers == [0] and plan.heads == [0, 1]
     assert plan_attention(30, 9, range(30), 10).layers == []
@@ -304,3 +347,51 @@ def test_cli_report_without_loadable_model(capsys, tmp_path, run):
     assert "Attention not shown" in out.read_text() and 'class="member"' in out.read_text()
     assert main(["report", str(tmp_path / "run"), "--out", str(out), "--no-attention"]) == 0
     assert '"kind":"attention"' not in out.read_text()
+
+
+def test_report_shows_provenance_and_says_replay_is_not_faithful(llama, tmp_path):
+    hooked = generate(
+        llama,
+        "hello wor",
+        threshold=0.1,
+        max_steps=4,
+        eos_token_id=None,
+        fwd_hooks=[("blocks.0.attn.hook_z", lambda z, hook: z * 0.5)],
+        label="halve L0",
+    )
+    hooked.save(tmp_path / "hooked")
+    notes = []
+    html = build_report(tmp_path / "hooked", model=llama, on_note=notes.append)
+    assert html.index('class="warning"') < html.index("<h2>Text</h2>")
+    assert "blocks.0.attn.hook_z" in html and "halve L0" in html
+    assert "<h2>Provenance</h2>" in html and hooked.provenance.weight_hash in html
+    assert any("cannot replay faithfully" in n for n in notes)
+    clean = generate(llama, "hello wor", threshold=0.1, max_steps=4, eos_token_id=None)
+    clean.save(tmp_path / "clean")
+    html = build_report(tmp_path / "clean", model=llama)
+    assert 'class="warning"' not in html and "none (replayable)" in html
+
+
+def test_experiment_summary_and_markdown_tables_stay_readable(tmp_path):
+    from tempo_lens.analysis.kinds import _table as markdown_table
+
+    root = tmp_path / "exp"
+    root.mkdir()
+    summary = {
+        "n": 3,
+        "per_layer": {"0": {"kl": 0.1, "corr": 0.9}, "1": {"kl": 0.2, "corr": 0.8}},
+        "deep": {"a": {"b": {"c": [1, 2, 3]}}, "long": list(range(100))},
+    }
+    (root / "summary.json").write_text(json.dumps(summary))
+    header = ["layer", "forced max|diff|", "corr"]
+    (root / "report.md").write_text(markdown_table(header, [[0, 0.5, 0.9]]) + "\n")
+    html = build_report(root, attention=False)
+    # the pipes inside a header cell do not split it: 3 columns, as written
+    md = html[html.index('<section class="md">') : html.index("</section>")]
+    assert md.count("<th>") == 3 and "<th>forced max|diff|</th>" in md
+    summ = html[html.index("<h2>Summary</h2>") :]
+    summ = summ[: summ.index("</section>")]
+    assert "<th>n</th><td>3</td>" in summ
+    assert "<th></th><th>kl</th><th>corr</th>" in summ  # per_layer as one table
+    assert '<details class="json"><summary>deep' in summ  # deeper: collapsed JSON
+    assert "<td><table" not in summ  # never tables inside tables

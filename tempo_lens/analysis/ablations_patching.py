@@ -3,7 +3,7 @@ patching, activation patching between modes, partial isolation.
 
 Every measurement compares distributions row by row on the same layout: each generated
 token's own next-token distribution ("members") and each step's next-set distribution
-(the probability-weighted mixture of its members' rows, DESIGN.md's `mixture`, "next").
+(the probability-weighted mixture of its members' rows, docs/design.md's `mixture`, "next").
 KL(reference || variant) in nats, averaged over rows; the references are the fully
 isolated and the fully visible replays.
 """

@@ -54,7 +54,7 @@ COMMON: dict[str, Any] = {
     "thresholds": [0.1],  # selection thresholds, each in (0, 1]
     "max_steps": 15,  # logical steps per run
     "modes": list(MODES),  # isolated and/or visible
-    "next_from": ["mixture"],  # mixture, last and/or first (DESIGN.md selection rule)
+    "next_from": ["mixture"],  # mixture, last and/or first (docs/design.md selection rule)
     "max_parallel": None,  # cap on set size (None = no cap)
     "stop_at_eos": True,  # stop after a step whose top member is EOS
     "seed": 42,  # seed of every resampling (bootstrap, permutation tests)

@@ -2,7 +2,7 @@
 
 `tempo-lens findings SWEEP_DIR [EXPERIMENT_DIR ...] --out docs/findings.md` reads each
 directory's `summary.json` (the sweep's, plus the seed experiments' by their `kind`) and
-writes, for every claim of REFERENCE.md's claims table, the seeds' number, ours (with CI
+writes, for every claim of docs/seed_study.md's claims table, the seeds' number, ours (with CI
 and n) and a verdict decided by the rules written next to each row below.
 """
 
@@ -220,7 +220,7 @@ def build(sweep: dict[str, Any], exps: dict[str, dict[str, Any]], command: str) 
         "CI] over prompts, n = prompts; p = two-sided paired sign-flip permutation test; "
         "d_z = Cohen's paired effect size (docs/experiments.md).",
         "",
-        "## The seeds' claims (REFERENCE.md), re-checked",
+        "## The seeds' claims ([seed_study.md](seed_study.md)), re-checked",
         "",
         "| claim | their number | ours | verdict |",
         "|---|---|---|---|",

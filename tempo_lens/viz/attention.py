@@ -20,8 +20,14 @@ from jaxtyping import Float
 
 from tempo_lens.errors import TempoError
 from tempo_lens.run import TempoRun
+from tempo_lens.viz.notebook import CircuitsVisView
 
 PATTERN = "hook_pattern"
+# Masked cells (a sibling hidden by isolation) are drawn as this value in this colour,
+# apart from attention that is merely ~0 (white).
+MASKED = -1.0
+FALLBACK_MARK = " †"  # a set that is the top-1 fallback: no token passed the threshold
+MASKED_COLOR = "#f59e0b"  # amber: apart from the grey upper triangle
 
 
 def pattern_name(layer: int) -> str:
@@ -41,20 +47,57 @@ def _position(p: float | int) -> str:
 
 
 def token_labels(run: TempoRun) -> list[str]:
-    """One label per physical token, `token·position`, unique within every position.
+    """One label per physical token, numbered once: circuitsvis already appends each row's
+    physical index, so prompt tokens are just their text. A generated set's members are
+    grouped by brackets (`┌The @7`, `├She`, `└It`) and its first member carries the set's
+    logical position (`@7`); a single-member set reads `The @7`, and `The @7 †` when it is
+    the top-1 fallback (no token passed the threshold). Members that still read
+    the same (different ids that decode alike) get their token id appended."""
+    labels = [_show(s) for s in run.token_strs]
+    fallback = set(fallback_steps(run))
+    for i in range(len(run.steps)):
+        sl = run.layout.set_slice(i)
+        k = sl.stop - sl.start
+        for j in range(k):
+            mark = "" if k == 1 else "┌" if j == 0 else "└" if j == k - 1 else "├"
+            where = f" @{_position(run.layout.positions[sl.start])}" if j == 0 else ""
+            where += FALLBACK_MARK if i in fallback else ""
+            labels[sl.start + j] = f"{mark}{labels[sl.start + j]}{where}"
+        body = [lab.lstrip("┌├└").split(" @")[0].removesuffix(FALLBACK_MARK) for lab in labels[sl]]
+        ids = run.layout.tokens[sl].tolist()
+        for j, b in enumerate(body):
+            if body.count(b) > 1:
+                labels[sl.start + j] += f"#{ids[j]}"
+    return labels
 
-    Members of one set share a position; if two of them still read the same (different
-    ids that decode alike), the token id is appended so no two siblings ever collide."""
-    positions = run.layout.positions.tolist()
-    ids = run.layout.tokens.tolist()
-    labels = [f"{_show(s)}·{_position(p)}" for s, p in zip(run.token_strs, positions, strict=True)]
-    seen: dict[str, int] = {}
-    for label in labels:
-        seen[label] = seen.get(label, 0) + 1
-    return [
-        f"{label}#{tid}" if seen[label] > 1 else label
-        for label, tid in zip(labels, ids, strict=True)
-    ]
+
+def replay_caveat(run: TempoRun) -> str:
+    """Why a replay of `run` is not the run: it had forward hooks a replay cannot rerun."""
+    p = run.provenance
+    if p is None or p.replayable:
+        return ""
+    hooks = ", ".join(f"{h.hook} <- {h.function}" for h in p.fwd_hooks)
+    return (
+        f"the run was generated with {len(p.fwd_hooks)} forward hook(s) ({hooks}); a replay "
+        "runs without them, so replayed attention is not the run's"
+    )
+
+
+def masked_cells(run: TempoRun) -> torch.Tensor:
+    """`[n, n]` True where the run's mask hid a key from a query that causality allows
+    (isolated siblings): drawn apart from attention that is merely zero."""
+    isolate = run.config.get("isolate", True)
+    if not isinstance(isolate, bool) or not isolate:
+        return torch.zeros(len(run.layout), len(run.layout), dtype=torch.bool)
+    return run.layout.same_set().tril()
+
+
+def fallback_steps(run: TempoRun) -> list[int]:
+    """Steps whose set is the top-1 fallback: no token passed the (numeric) threshold."""
+    threshold = run.config.get("threshold")
+    if not isinstance(threshold, int | float):
+        return []
+    return [i for i, ps in enumerate(run.steps) if len(ps) == 1 and ps.probs[0] < float(threshold)]
 
 
 def captured_layers(run: TempoRun) -> list[int]:
@@ -121,6 +164,13 @@ def replay_patterns(
     if bad:
         raise TempoError(f"layer {bad[0]} does not exist; the model has {model.cfg.n_layers}")
     check_model_matches(run, model)
+    if run.provenance is not None and not run.provenance.replayable:
+        import warnings
+
+        warnings.warn(
+            f"{replay_caveat(run)}; capture hook_pattern during generation for the real one",
+            stacklevel=3,
+        )
     isolate = run.config.get("isolate", True)
     if not isinstance(isolate, bool):
         raise TempoError(
@@ -183,22 +233,30 @@ def attention_view(
     heads: Sequence[int] | None = None,
     *,
     model: Any = None,
-) -> Any:
-    """circuitsvis `attention_heads` of one layer, rows = every physical token.
+) -> CircuitsVisView:
+    """circuitsvis `AttentionHeads` of one layer, rows = every physical token.
 
     `step=None` shows the whole run; `step=i` the layout as it stood after step i's set
     (what generation had attended over by then). Without a captured `hook_pattern` the
-    run is replayed on `model`. Displays inline in Jupyter."""
-    import circuitsvis as cv
-
+    run is replayed on `model`. Cells the run's mask hid (isolated siblings) are drawn
+    amber at value -1, apart from attention that is merely ~0. Displays inline in Jupyter,
+    circuitsvis's bundle carried once per kernel (`tempo_lens.viz.notebook`)."""
     pattern = full_patterns(run, [layer], model)[layer]
     end = _prefix_end(run, step)
     chosen = _heads(pattern.shape[0], heads)
-    return cv.attention.attention_heads(
-        attention=pattern[chosen, :end, :end],
-        tokens=token_labels(run)[:end],
-        attention_head_names=[f"L{layer}H{h}" for h in chosen],
-        mask_upper_tri=True,
+    shown = pattern[chosen, :end, :end].clone()
+    shown[:, masked_cells(run)[:end, :end]] = MASKED
+    return CircuitsVisView(
+        "AttentionHeads",
+        {
+            "attention": shown,
+            "tokens": token_labels(run)[:end],
+            "attentionHeadNames": [f"L{layer}H{h}" for h in chosen],
+            "maxValue": 1.0,
+            "minValue": MASKED,
+            "negativeColor": MASKED_COLOR,
+            "maskUpperTri": True,
+        },
     )
 
 
@@ -210,11 +268,15 @@ def selection_values(run: TempoRun) -> list[float]:
     return values
 
 
-def tokens_view(run: TempoRun) -> Any:
+def tokens_view(run: TempoRun) -> CircuitsVisView:
     """circuitsvis colored tokens: every physical token shaded by its selection
     probability (prompt tokens unshaded). Displays inline in Jupyter."""
-    import circuitsvis as cv
-
-    return cv.tokens.colored_tokens(
-        tokens=token_labels(run), values=selection_values(run), min_value=0.0, max_value=1.0
+    return CircuitsVisView(
+        "ColoredTokens",
+        {
+            "tokens": token_labels(run),
+            "values": selection_values(run),
+            "minValue": 0.0,
+            "maxValue": 1.0,
+        },
     )

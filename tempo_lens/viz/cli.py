@@ -34,9 +34,16 @@ def _report_args(p: argparse.ArgumentParser) -> None:
         "--model", default=None, help="model to replay attention on (default: the run's)"
     )
     p.add_argument(
-        "--layers", default=None, help="e.g. 0,4,8 or 'all' (default: all, cut to --max-layers)"
+        "--layers",
+        default=None,
+        help="e.g. 0,4,8 or 'all' (default: the captured layers, else all)",
     )
-    p.add_argument("--max-layers", type=int, default=MAX_LAYERS, help=f"default {MAX_LAYERS}")
+    p.add_argument(
+        "--max-layers",
+        type=int,
+        default=MAX_LAYERS,
+        help="cap on attention layers, spread over the depth (default: no cap, the budget decides)",
+    )
     p.add_argument(
         "--budget-mb", type=float, default=BUDGET_MB, help=f"inlined data (default {BUDGET_MB:g})"
     )
@@ -60,7 +67,7 @@ def _report(args: Any) -> int:
             f"{src} does not exist; pass a run directory (tempo-lens generate --out DIR) "
             "or an experiment directory"
         )
-    if args.max_layers < 1:
+    if args.max_layers is not None and args.max_layers < 1:
         raise TempoError(f"--max-layers must be >= 1, got {args.max_layers}")
     if not math.isfinite(args.budget_mb) or args.budget_mb <= 0:
         raise TempoError(f"--budget-mb must be a positive number, got {args.budget_mb}")

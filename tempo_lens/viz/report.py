@@ -5,9 +5,11 @@ per file, not its CDN link), PNG plots as base64, attention as compact base64 da
 few lines of script hand to `CircuitsVis.render` when a layer is picked. The file opens
 offline from disk.
 
-Size budget: attention for at most `max_layers` layers (8, spread over the depth) and all
-inlined data (attention + plots) within `budget_mb` (12 MB); what does not fit is left
-out and the report says so. Attention is stored as the lower triangle of each head's
+Attention layers by default: the ones the run captured `hook_pattern` for, else every
+layer; `max_layers` (no cap by default) spreads a cut over the depth. All inlined data
+(attention + plots) stays within `budget_mb` (14 MB): what does not fit is left out and the
+report says which layers it kept. Cells the run's mask hid (isolated siblings) are drawn
+amber, apart from zero attention. Attention is stored as the lower triangle of each head's
 pattern (causal: the upper one is zero), quantised to 16 bits (steps of 1.5e-5):
 2.7 bytes per visible query/key pair once base64-encoded.
 """
@@ -33,15 +35,20 @@ from tempo_lens.errors import TempoError
 from tempo_lens.run import TempoRun, load_run
 from tempo_lens.storage import write_file_atomic
 from tempo_lens.viz.attention import (
+    MASKED,
+    MASKED_COLOR,
     captured_layers,
+    fallback_steps,
     full_patterns,
+    masked_cells,
     n_layers_of,
+    replay_caveat,
     selection_values,
     token_labels,
 )
 from tempo_lens.viz.graph import set_graph
 
-MAX_LAYERS = 8
+MAX_LAYERS: int | None = None  # no cap: the size budget decides
 BUDGET_MB = 14.0
 ATTENTION_RUNS = 1
 ALL_HEADS_UP_TO = 120  # tokens; longer runs open the attention view on one head
@@ -166,6 +173,7 @@ def _id_strings(run: TempoRun, model: Any) -> Callable[[int], str]:
 def step_table(run: TempoRun, model: Any = None) -> str:
     """Per step: position, members with probabilities, kept mass, best left-out tokens."""
     name = _id_strings(run, model)
+    fallback = set(fallback_steps(run))
     rows = []
     for i, ps in enumerate(run.steps):
         members = ", ".join(
@@ -180,7 +188,9 @@ def step_table(run: TempoRun, model: Any = None) -> str:
                 if len(left_out) == 3:
                     break
         rows.append(
-            f"<tr><td>{i}</td><td>{ps.position}</td><td>{len(ps)}</td><td>{members}</td>"
+            f"<tr><td>{i}</td><td>{ps.position}</td><td>{len(ps)}"
+            + (' <span class="fallback">fallback</span>' if i in fallback else "")
+            + f"</td><td>{members}</td>"
             f"<td>{sum(ps.probs):.3f}</td><td>{', '.join(left_out)}</td></tr>"
         )
     return (
@@ -274,9 +284,14 @@ def attention_section(
     report: Report, run: TempoRun, patterns: dict[int, torch.Tensor], heads: list[int]
 ) -> str:
     layers = sorted(patterns)
+    masked = masked_cells(run)
     view = {
         "kind": "attention",
         "tokens": token_labels(run),
+        # (query, key) cells the run's mask hid: drawn as MASKED in MASKED_COLOR
+        "masked": masked.nonzero().tolist() if bool(masked.any()) else [],
+        "maskedValue": MASKED,
+        "maskedColor": MASKED_COLOR,
         "layers": {
             str(layer): {"heads": heads, **encode_pattern(patterns[layer][heads])}
             for layer in layers
@@ -333,11 +348,17 @@ def run_sections(
         "next_from": cfg.get("next_from"),
         "max_parallel": cfg.get("max_parallel"),
     } | run.stats()
+    fallback = fallback_steps(run)
+    if fallback:
+        facts["fallback steps (top-1, none passed the threshold)"] = fallback
     tokens = _tokens_view(run)
     out = [
+        *_replay_banner(report, run),
         f"<{h}>Text</{h}>",
         bracket_html(run),
         _kv_table(facts),
+        f"<{h}>Provenance</{h}>",
+        _provenance_html(run),
         f'<{h}>Parallel sets</{h}><p class="hint">Steps left to right; each box is a '
         "member, its height its selection probability; links show which members feed the "
         f"next step's distribution (next_from = {_e(cfg.get('next_from', 'mixture'))}).</p>",
@@ -362,6 +383,39 @@ def run_sections(
     return out + attention_part + steps
 
 
+def _replay_banner(report: Report, run: TempoRun) -> list[str]:
+    """At the top of a run: it had forward hooks, so a replay of it is not faithful."""
+    caveat = replay_caveat(run)
+    if not caveat:
+        return []
+    label = f" (label: {run.provenance.label!r})" if run.provenance and run.provenance.label else ""
+    report.note(f"cannot replay faithfully{label}: {caveat}")
+    return [
+        '<p class="warning"><b>Not replayable faithfully.</b> '
+        f"{_e(caveat[0].upper() + caveat[1:])}{_e(label)}. Attention captured during "
+        "generation (hook_pattern) is the run's own; anything replayed here is not.</p>"
+    ]
+
+
+def _provenance_html(run: TempoRun) -> str:
+    p = run.provenance
+    if p is None:
+        return '<p class="note">No provenance recorded (a run saved by an older tempo_lens).</p>'
+    hooks = [f"{h.hook} ← {h.function}" for h in p.fwd_hooks]
+    return _kv_table(
+        {
+            "label": p.label,
+            "fwd_hooks": "; ".join(hooks) or "none (replayable)",
+            "model": p.model_name,
+            "weight hash": p.weight_hash,
+            "weight processing": ", ".join(k for k, v in p.weight_processing.items() if v)
+            or "none",
+            "versions": ", ".join(f"{k} {v}" for k, v in p.versions.items()),
+            "generation config": run.config,
+        }
+    )
+
+
 def _tokens_view(run: TempoRun) -> dict[str, Any]:
     return {"kind": "tokens", "tokens": token_labels(run), "values": selection_values(run)}
 
@@ -374,7 +428,7 @@ def _attention_block(
         report.note(f"attention not shown: {msg}")
         return [f'<p class="note">Attention not shown: {msg}.</p>']
     n_layers = n_layers_of(run, model)
-    layers = list(opts.layers) if opts.layers is not None else list(range(n_layers))
+    layers = list(opts.layers) if opts.layers is not None else default_layers(run, n_layers)
     bad = [x for x in layers if not 0 <= x < n_layers]
     if bad:
         raise TempoError(f"layer {bad[0]} does not exist; the model has {n_layers} layers")
@@ -395,10 +449,20 @@ def _attention_block(
     report.spend(len(plan.layers) * len(plan.heads) * encoded_head_bytes(len(run.layout)))
     return [
         f'<p class="hint">Full-layout patterns (rows = every physical token, set members '
-        f"included; labels are token·position), {source}. Layers {', '.join(map(str, plan.layers))}"
-        f" of {n_layers}." + (f" {_e(plan.note)}." if plan.note else "") + "</p>",
+        f"included), {source}. Labels: (n) is the physical index; a set's members share a "
+        "bracket ┌├└ and the first carries the set's logical position @p. Amber cells: keys "
+        "the run's mask hid (isolated siblings, shown as -1), not zero attention. † marks a "
+        "top-1 fallback set (no token passed the threshold). Layers "
+        f"{', '.join(map(str, plan.layers))} of {n_layers}."
+        + (f" {_e(plan.note)}." if plan.note else "")
+        + "</p>",
         attention_section(report, run, patterns, plan.heads),
     ]
+
+
+def default_layers(run: TempoRun, n_layers: int) -> list[int]:
+    """The layers the run captured `hook_pattern` for, else every layer."""
+    return captured_layers(run) or list(range(n_layers))
 
 
 def _captured_heads(run: TempoRun) -> int:
@@ -430,42 +494,81 @@ def find_runs(root: Path, depth: int = 3) -> list[Path]:
     return found
 
 
-def _summary_html(value: Any, depth: int = 0) -> str:
-    """JSON as tables: records → one table, mappings → key/value rows, deeper → nested."""
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+SHORT_LIST = 8  # lists of scalars up to this long are shown inline in a cell
+MAX_ROWS = 200
+
+
+def _scalar(v: Any) -> bool:
+    return not isinstance(v, dict | list) or (
+        isinstance(v, list)
+        and len(v) <= SHORT_LIST
+        and all(_scalar(x) for x in v)
+        and not any(isinstance(x, list) for x in v)
+    )
+
+
+def _flat(v: Any) -> bool:
+    return isinstance(v, dict) and all(_scalar(x) for x in v.values())
+
+
+def _records_table(value: Any) -> str | None:
+    """A table for flat records (a list of flat dicts, or a dict of flat dicts), a
+    key/value table for a flat dict; None for anything deeper."""
+    if isinstance(value, list) and value and all(_flat(v) for v in value):
+        if len(value) > MAX_ROWS:
+            return None
         cols = list(dict.fromkeys(k for v in value for k in v))
         head = "".join(f"<th>{_e(c)}</th>" for c in cols)
         body = "".join(
-            "<tr>" + "".join(f"<td>{_cell(v.get(c), depth)}</td>" for c in cols) + "</tr>"
-            for v in value
+            "<tr>" + "".join(f"<td>{_cell(v.get(c))}</td>" for c in cols) + "</tr>" for v in value
         )
         return _table(head, body)
-    if isinstance(value, dict):
-        if value and all(isinstance(v, dict) for v in value.values()):
-            cols = list(dict.fromkeys(k for v in value.values() for k in v))
-            if all(not isinstance(x, dict | list) for v in value.values() for x in v.values()):
-                head = "<th></th>" + "".join(f"<th>{_e(c)}</th>" for c in cols)
-                body = "".join(
-                    f"<tr><th>{_e(k)}</th>"
-                    + "".join(f"<td>{_cell(v.get(c), depth)}</td>" for c in cols)
-                    + "</tr>"
-                    for k, v in value.items()
-                )
-                return _table(head, body)
-        rows = "".join(
-            f"<tr><th>{_e(k)}</th><td>{_cell(v, depth)}</td></tr>" for k, v in value.items()
+    if isinstance(value, dict) and value and all(_flat(v) for v in value.values()):
+        if len(value) > MAX_ROWS:
+            return None
+        cols = list(dict.fromkeys(k for v in value.values() for k in v))
+        head = "<th></th>" + "".join(f"<th>{_e(c)}</th>" for c in cols)
+        body = "".join(
+            f"<tr><th>{_e(k)}</th>" + "".join(f"<td>{_cell(v.get(c))}</td>" for c in cols) + "</tr>"
+            for k, v in value.items()
         )
-        return f'<table class="summary">{rows}</table>'
-    return _fmt(value)
+        return _table(head, body)
+    if _flat(value) and value:
+        return _kv_table(value)
+    return None
+
+
+def _summary_html(value: Any) -> str:
+    """summary.json readable: top-level scalars in one key/value table, each flat part as
+    one table, anything deeper as collapsed, indented JSON (one click away, never a wall
+    of nested tables)."""
+    if not isinstance(value, dict):
+        value = {"summary": value}
+    scalars = {k: v for k, v in value.items() if _scalar(v)}
+    parts = [_kv_table(scalars)] if scalars else []
+    for key, v in value.items():
+        if key in scalars:
+            continue
+        table = _records_table(v)
+        if table is not None:
+            parts.append(f"<h3>{_e(key)}</h3>{table}")
+            continue
+        text = json.dumps(v, indent=1)
+        size = f"{len(v)} items" if isinstance(v, dict | list) else ""
+        parts.append(
+            f'<details class="json"><summary>{_e(key)} <small>({size}, JSON)</small></summary>'
+            f"<pre>{_e(text)}</pre></details>"
+        )
+    return "".join(parts)
 
 
 def _table(head: str, body: str) -> str:
     return f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _cell(v: Any, depth: int) -> str:
-    if isinstance(v, dict | list) and depth < 3 and v:
-        return _summary_html(v, depth + 1)
+def _cell(v: Any) -> str:
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
     return "" if v is None else _fmt(v)
 
 
@@ -625,7 +728,10 @@ table{border-collapse:collapse;font-size:.9em;margin:8px 0}
 td,th{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
 table.kv th{background:#f6f8fa;font-weight:500}
 .graph{overflow-x:auto;border:1px solid #eee}.hint{color:#555;font-size:.9em}
-.note{color:#9a3412}figure{display:inline-block;margin:8px}figure img{max-width:560px}
+.note{color:#9a3412}.warning{background:#fef3c7;border:1px solid #d97706;padding:8px}
+.fallback{background:#fde68a;border-radius:3px;padding:0 4px;font-size:.85em}
+details.json pre{max-height:360px;overflow:auto;background:#f6f8fa;padding:6px}
+figure{display:inline-block;margin:8px}figure img{max-width:560px}
 details{margin:8px 0;border:1px solid #ddd;padding:6px}summary{cursor:pointer;font-weight:600}
 select{font-size:1em}footer{margin-top:3em;color:#888;font-size:.8em}
 """
@@ -668,6 +774,9 @@ APP_JS = """
     var layerSel = el.querySelector("select.layer"), headSel = el.querySelector("select.head");
     function draw() {
       var layer = view.layers[layerSel.value], full = decode(layer);
+      full.forEach(function (rows) {
+        view.masked.forEach(function (c) { rows[c[0]][c[1]] = view.maskedValue; });
+      });
       var idx = headSel.value === "all" ? layer.heads.map(function (_, i) { return i; })
                                         : [Number(headSel.value)];
       mount(holder, CircuitsVis.AttentionHeads, {
@@ -676,7 +785,10 @@ APP_JS = """
         attentionHeadNames: idx.map(function (i) {
           return "L" + layerSel.value + "H" + layer.heads[i];
         }),
-        maskUpperTri: true
+        maskUpperTri: true,
+        maxValue: 1,
+        minValue: view.maskedValue,
+        negativeColor: view.maskedColor
       });
     }
     layerSel.addEventListener("change", draw);
