@@ -15,7 +15,16 @@ What is timed is what a user pays:
 - `hf_tempo_step`: the same step written the Hugging Face way (`position_ids` plus a 4D
   additive mask built from the layout, on a DynamicCache);
 - `capture`: a TEMPO step that also captures every layer's `hook_pattern` and
-  `hook_resid_post` (copied out as `generate` stores them).
+  `hook_resid_post` (copied out as `generate` stores them);
+- `batch/tl/B` and `batch/hf/B`: one batched TEMPO step of a sweep unit, B prompts of mixed
+  lengths (right-padded) with sets of mixed sizes 1-4 (pad slots), through `generate`'s
+  `Decoder` on one batched KV cache, and the same step the Hugging Face way (padded input,
+  per-row `position_ids`, a `[B, 1, q, n]` 4D mask, a DynamicCache). Throughput is rows
+  per second; `batch_speedup` is a batch-1 step's time over the per-row time at B.
+
+Every ratio comes with a 95 % bootstrap interval over the interleaved repetitions
+(`ratio_interval`: repetitions resampled in pairs, so a slow moment hits both sides); an
+interval wider than +-5 % of the ratio is flagged `noisy`.
 """
 
 from __future__ import annotations
@@ -36,12 +45,14 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from tempo_lens.errors import TempoError
 from tempo_lens.generate import (
+    Decoder,
     _capture_hooks,
     _model_forward,
     mechanism_hooks,
     resolve_hook_names,
 )
-from tempo_lens.layout import Layout
+from tempo_lens.hooks import batch_hidden
+from tempo_lens.layout import Layout, LayoutBatch
 from tempo_lens.storage import atomic_dir, marker, write_json_atomic
 
 CAPTURE = ("hook_pattern", "hook_resid_post")
@@ -62,10 +73,13 @@ class BenchConfig:
     warmup: int = 2
     seed: int = 0
     bandwidth_mb: int = 256
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 64)
+    bootstrap: int = 2000
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 QUICK = BenchConfig(context=128, scaling_contexts=(64, 256, 1024), reps=5, warmup=1)
+NOISY = 0.05  # an interval wider than +-5 % of its ratio is flagged
 
 
 # ---------------------------------------------------------------------------------------
@@ -102,6 +116,25 @@ def measure(cases: dict[str, Case], reps: int, warmup: int) -> dict[str, list[fl
 
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
+
+
+def ratio_interval(
+    num: Sequence[float], den: Sequence[float], n_boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """median(num) / median(den) with a 95 % percentile-bootstrap interval. `num[r]` and
+    `den[r]` come from the same interleaved repetition r, so repetitions are resampled
+    in pairs. `noisy`: the interval is wider than +-5 % of the ratio."""
+    a = torch.tensor(list(num), dtype=torch.float64)
+    b = torch.tensor(list(den), dtype=torch.float64)
+    if a.shape != b.shape or a.numel() == 0:
+        raise TempoError("a ratio needs the same number (>= 1) of samples on both sides")
+    value = median(num) / median(den)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, a.numel(), (n_boot, a.numel()), generator=g)
+    boot = a[idx].median(1).values / b[idx].median(1).values  # lower median, as torch does
+    lo, hi = (float(x) for x in torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=a.dtype)))
+    half = max(value - lo, hi - value) / value
+    return {"value": value, "ci95": [lo, hi], "half_width": half, "noisy": half > NOISY}
 
 
 def memory_bandwidth_gb_s(megabytes: int = 256, reps: int = 5) -> float:
@@ -221,6 +254,64 @@ def _hf_greedy_step(hf: Any, token: int, cache: Any) -> Callable[[], Any]:
     return step
 
 
+def _unit_layouts(b: int, context: int, vocab: int, seed: int) -> tuple[list[Layout], list]:
+    """A sweep unit's prefixes: `b` prompts of mixed lengths (context - 0, 1, 2, 3 times
+    context / 16 tokens), and each row's next set (sizes 1-4, cycling)."""
+    stride = max(1, context // 16)
+    prefixes = [_prefix_layout(context - stride * (i % 4), vocab, seed + i) for i in range(b)]
+    sets = [_set_tokens(1 + i % 4, vocab, seed + i) for i in range(b)]
+    return prefixes, sets
+
+
+def _tl_batch_step(model: HookedTransformer, prefixes: list[Layout], sets: list) -> Case:
+    """One batched step as `generate` runs it: the sets as one block on the frozen
+    batched KV cache of the prefixes (`generate.Decoder`)."""
+    dec = Decoder(model, prefixes, isolate=True)
+    dec.forward()
+    assert dec.kv is not None
+    dec.kv.freeze()
+    n_prefix = dec.cached
+    dec.append(sets, [p.next_position for p in prefixes], step=prefixes[0].n_steps)
+
+    def reset() -> None:
+        dec.cached = n_prefix
+
+    return Case(lambda: dec.forward()[0], reset)
+
+
+def _hf_batch_forward(hf: Any, batch: LayoutBatch, n_query: int, cache: Any) -> Any:
+    """The Hugging Face way: padded ids, per-row position ids, a 4D additive mask."""
+    n = len(batch)
+    dtype = next(hf.parameters()).dtype
+    device = next(hf.parameters()).device
+    causal = torch.ones(n, n, dtype=torch.bool).tril()[n - n_query :]
+    allowed = causal[None] & ~batch_hidden(batch, True, n_query)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    with torch.no_grad():
+        return hf(
+            input_ids=batch.tokens[:, n - n_query :].to(device),
+            position_ids=batch.positions[:, n - n_query :].long().to(device),
+            attention_mask=mask[:, None].to(device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+
+
+def _hf_batch_step(hf: Any, prefixes: list[Layout], sets: list) -> Case:
+    batch = LayoutBatch.of(prefixes)
+    cache = _hf_batch_forward(hf, batch, len(batch), None).past_key_values
+    step = [p.n_steps for p in prefixes]
+    full = batch.append_block(sets, [p.next_position for p in prefixes], step)
+    width = len(full) - len(batch)
+    return Case(lambda: _hf_batch_forward(hf, full, width, cache).logits, _crop(cache, width))
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max |difference| of log-probabilities (processed weights shift logits by a
+    constant per row; probabilities are what TEMPO reads)."""
+    return float((a.float().log_softmax(-1) - b.float().log_softmax(-1)).abs().max())
+
+
 # ---------------------------------------------------------------------------------------
 # The benchmark
 # ---------------------------------------------------------------------------------------
@@ -275,7 +366,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Measure every case of the module docstring and return the JSON-able result."""
     cfg = config or BenchConfig()
-    largest = max((cfg.context, *cfg.scaling_contexts)) + max(cfg.ks)
+    largest = max((cfg.context, *cfg.scaling_contexts)) + max(cfg.ks, default=0)
     if largest > model.cfg.n_ctx:
         raise TempoError(
             f"context {largest} exceeds the model's {model.cfg.n_ctx} tokens; "
@@ -313,10 +404,8 @@ def run_benchmark(
             )
             cases[f"hf_tempo/{mode}/{k}"] = theirs
             if k == 4 or k == max(cfg.ks):
-                a = ours().float()
-                b = theirs.step()[0].float()
+                agreement[f"{mode}/k={k}"] = _agree(ours(), theirs.step()[0])
                 theirs.reset()
-                agreement[f"{mode}/k={k}"] = float((a - b).abs().max())
     k_cap = 4 if 4 in cfg.ks else cfg.ks[0]
     layout_cap = prefix.append_set(members[:k_cap])
     cases["capture"] = Case(_tl_tempo_step(model, layout_cap, k_cap, True, kv, capture_names))
@@ -331,6 +420,16 @@ def run_benchmark(
         lay = p.append_set(members[:k_scale])
         cases[f"ctx/tempo/{c}"] = Case(_tl_tempo_step(model, lay, k_scale, True, scaling_kv[c]))
         cases[f"ctx/greedy/{c}"] = Case(_tl_greedy_step(model, p, members[0], scaling_kv[c]))
+
+    for b in cfg.batch_sizes:
+        prefixes, sets = _unit_layouts(b, cfg.context, vocab, cfg.seed)
+        ours_b = cases[f"batch/tl/{b}"] = _tl_batch_step(model, prefixes, sets)
+        theirs_b = cases[f"batch/hf/{b}"] = _hf_batch_step(hf_model, prefixes, sets)
+        sizes = torch.tensor([len(s) for s in sets])
+        members_only = torch.arange(int(sizes.max()))[None] < sizes[:, None]  # not pad slots
+        a, h = ours_b.step(), theirs_b.step()
+        ours_b.reset(), theirs_b.reset()
+        agreement[f"batch/B={b}"] = _agree(a[members_only], h[members_only])
 
     progress(f"measuring {len(cases)} cases x {cfg.reps} reps (+{cfg.warmup} warm-up)")
     samples = measure(cases, cfg.reps, cfg.warmup)
@@ -360,6 +459,37 @@ def run_benchmark(
         "tempo_vs_hf_tempo": tempo["isolated"][kk] / hf_tempo["isolated"][kk],
         "capture_overhead": med["capture"] / tempo["isolated"][kk],
     }
+
+    def interval(num: str, den: str, scale: float = 1.0) -> dict[str, Any]:
+        r = ratio_interval(samples[num], samples[den], cfg.bootstrap, cfg.seed)
+        return {**r, "value": r["value"] * scale, "ci95": [x * scale for x in r["ci95"]]}
+
+    intervals = {
+        "isolation_overhead": interval(f"tempo/isolated/{kk}", f"tempo/visible/{kk}"),
+        "tempo_vs_greedy": interval(f"tempo/isolated/{kk}", "tl_greedy"),
+        "tl_vs_hf": interval("tl_greedy", "hf_greedy"),
+        "tempo_vs_hf_tempo": interval(f"tempo/isolated/{kk}", f"hf_tempo/isolated/{kk}"),
+        "capture_overhead": interval("capture", f"tempo/isolated/{kk}"),
+    }
+    throughput: dict[str, Any] = {}
+    if cfg.batch_sizes:
+        b1 = min(cfg.batch_sizes)
+        for b in cfg.batch_sizes:
+            tl_ms, hf_ms = med[f"batch/tl/{b}"], med[f"batch/hf/{b}"]
+            throughput[str(b)] = {
+                "tl_step_ms": tl_ms,
+                "hf_step_ms": hf_ms,
+                "tl_row_ms": tl_ms / b,
+                "hf_row_ms": hf_ms / b,
+                "tl_rows_per_s": 1000.0 * b / tl_ms,
+                "hf_rows_per_s": 1000.0 * b / hf_ms,
+            }
+            intervals[f"batch_vs_hf/B={b}"] = interval(f"batch/tl/{b}", f"batch/hf/{b}")
+            if b != b1:  # a batch-1 step over the per-row cost at B: the throughput gain
+                intervals[f"batch_speedup/B={b}"] = interval(
+                    f"batch/tl/{b1}", f"batch/tl/{b}", scale=b / b1
+                )
+        ratios.update({name: iv["value"] for name, iv in intervals.items() if "B=" in name})
     ctx_tempo, ctx_greedy = ctx_series("tempo"), ctx_series("greedy")
     ks_f = [float(k) for k in cfg.ks]
     bandwidth = memory_bandwidth_gb_s(cfg.bandwidth_mb)
@@ -387,6 +517,9 @@ def run_benchmark(
         "capture_ms": med["capture"],
         "capture_hooks": len(capture_names),
         "ratios": ratios,
+        "ratio_intervals": intervals,
+        "noisy_ratios": sorted(name for name, iv in intervals.items() if iv["noisy"]),
+        "throughput": throughput,
         "scaling": {
             "context": {
                 "tokens": list(cfg.scaling_contexts),
@@ -412,7 +545,7 @@ def run_benchmark(
             "copy_bandwidth_gb_s": bandwidth,
             "floor_ms": step_bytes / (bandwidth * 1e9) * 1000.0,
         },
-        "agreement_max_abs_logit_diff": agreement,
+        "agreement_max_abs_logprob_diff": agreement,
         "samples_ms": samples,
         "seconds": time.perf_counter() - t_start,
     }
@@ -441,6 +574,8 @@ TARGETS = {
     "tempo_vs_hf_tempo": 1.3,
     "capture_overhead": 1.5,
 }
+BATCH_SPEEDUP_TARGET = 5.0  # at B = 16: a row-step at most 1/5 of a batch-1 step
+BATCH_VS_HF_TARGET = 1.5  # at B = 16: at most 1.5x Hugging Face's batched TEMPO step
 
 
 def table(result: dict[str, Any]) -> str:
@@ -463,11 +598,37 @@ def table(result: dict[str, Any]) -> str:
             f"{t['visible'][str(kk)]:.1f} / {h['isolated'][str(kk)]:.1f} |"
         )
     lines.append(f"| TEMPO k={k} isolated + capture | {result['capture_ms']:.1f} |")
-    lines += ["", "| ratio | value | target |", "|---|---|---|"]
-    for name, target in TARGETS.items():
-        v = result["ratios"][name]
-        mark = "ok" if v <= target else "MISSED"
-        lines.append(f"| {name} | {v:.3f} | <= {target} {mark} |")
+    lines += ["", "| ratio | value | 95 % CI | target |", "|---|---|---|---|"]
+    intervals = result.get("ratio_intervals", {})
+    for name, v in result["ratios"].items():
+        if not isinstance(v, float):
+            continue
+        iv = intervals.get(name)
+        ci = f"[{iv['ci95'][0]:.3f}, {iv['ci95'][1]:.3f}]" if iv else ""
+        ci += " NOISY (> +-5 %)" if iv and iv["noisy"] else ""
+        target = TARGETS.get(name)
+        if target is None and name.startswith("batch_speedup/B=16"):
+            target = -BATCH_SPEEDUP_TARGET  # a floor, not a ceiling
+        elif target is None and name.startswith("batch_vs_hf/B=16"):
+            target = BATCH_VS_HF_TARGET
+        if target is None:
+            goal = ""
+        elif target < 0:
+            goal = f">= {-target} {'ok' if v >= -target else 'MISSED'}"
+        else:
+            goal = f"<= {target} {'ok' if v <= target else 'MISSED'}"
+        lines.append(f"| {name} | {v:.3f} | {ci} | {goal} |")
+    if result.get("throughput"):
+        lines += [
+            "",
+            "| batch B | TL step ms | TL rows/s | HF step ms | HF rows/s |",
+            "|---|---|---|---|---|",
+        ]
+        for b, row in result["throughput"].items():
+            lines.append(
+                f"| {b} | {row['tl_step_ms']:.1f} | {row['tl_rows_per_s']:.1f} | "
+                f"{row['hf_step_ms']:.1f} | {row['hf_rows_per_s']:.1f} |"
+            )
     ctx = result["scaling"]["context"]
     fl = result["floor"]
     lines += [
@@ -533,6 +694,12 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=None, help="repetitions per case (>= 5)")
     p.add_argument("--context", type=int, default=None, help="cached prefix length (tokens)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--batches",
+        default=None,
+        help="batch sizes of the throughput cases, comma-separated (default 1,4,16,64; "
+        "'' for none)",
+    )
 
 
 def _bench(args: Any) -> int:
@@ -550,6 +717,13 @@ def _bench(args: Any) -> int:
         if args.context <= sum(PREFIX_SETS):
             raise TempoError(f"--context must be > {sum(PREFIX_SETS)} tokens")
         cfg.context = args.context
+    if args.batches is not None:
+        try:
+            cfg.batch_sizes = tuple(int(b) for b in args.batches.split(",") if b.strip())
+        except ValueError:
+            raise TempoError(f"--batches {args.batches!r}: give sizes like 1,4,16,64") from None
+        if any(b < 1 for b in cfg.batch_sizes):
+            raise TempoError("--batches: every batch size must be >= 1")
     if args.threads is not None:
         if args.threads < 1:
             raise TempoError("--threads must be >= 1")

@@ -655,7 +655,7 @@ def generate(
     next_from: str = "mixture",
     max_parallel: int | None = None,
     cache: Iterable[CacheName] | None = None,
-    progress: bool = False,
+    progress: bool = True,
     use_kv_cache: bool = True,
     keep_logits: bool = False,
     fwd_hooks: Sequence[Hook] = (),
@@ -679,7 +679,7 @@ def generate(
     (off by default): live retroactive pruning with that ratio (see `prune_step`).
     On a batch, `fwd_hooks` see the padded `[batch, ...]` activations, and each run's
     `seconds` is the batch's wall time divided by the number of prompts.
-    `progress=True` shows a tqdm bar over the logical steps once a run passes 2 s
+    `progress` (on by default) shows a tqdm bar over the logical steps once a run passes 2 s
     (stderr; a widget in notebooks). Captures are in `run.activations`, kept logits in
     `run.logits`. `fwd_hooks` (TL `(name, fn)` pairs) run at every forward after the
     mechanism's hooks; the run's `provenance` names them (and `label`, a note of yours),

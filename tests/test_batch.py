@@ -181,6 +181,16 @@ def test_live_pruning_batched_equals_single_and_round_trips(tiny_pair, tmp_path)
     assert loaded.pruned == batched[0].pruned
     assert loaded.text() == batched[0].text()
     assert loaded.config["prune"] == 0.9
+    # the bracket text strikes a pruned member `~tok~`, the HTML report <s>tok</s>
+    from tempo_lens.viz.report import bracket_html
+
+    run = next(r for r in batched if r.pruned)
+    cut = run.pruned[0]
+    member = run.bracket_parts()[cut.set_step][1][cut.member]
+    assert member.startswith("~") and member.endswith("~") and member in run.text()
+    html = bracket_html(run)
+    assert html.count('<s class="pruned"') == len(run.pruned)
+    assert f"pruned after step {cut.step}" in html
 
 
 # Batched drivers --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from tempo_lens.bench import (
     BenchConfig,
     Case,
     measure,
+    ratio_interval,
     run_benchmark,
     write_result,
 )
@@ -20,7 +21,14 @@ from tempo_lens.errors import TempoError
 from tempo_lens.testing import tiny_hf_model, tiny_model
 
 CFG = BenchConfig(
-    context=24, ks=(1, 2, 4), scaling_contexts=(16, 24, 48), reps=1, warmup=0, bandwidth_mb=4
+    context=24,
+    ks=(1, 2, 4),
+    scaling_contexts=(16, 24, 48),
+    reps=3,
+    warmup=0,
+    bandwidth_mb=4,
+    batch_sizes=(1, 4, 6),
+    bootstrap=200,
 )
 
 
@@ -68,8 +76,8 @@ def test_scaling_and_floor(result: dict) -> None:
 
 def test_hf_way_computes_the_same_step(result: dict) -> None:
     """The Hugging Face baseline is only fair if it computes the same logits."""
-    agreement = result["agreement_max_abs_logit_diff"]
-    assert set(agreement) == {"isolated/k=4", "visible/k=4"}
+    agreement = result["agreement_max_abs_logprob_diff"]
+    assert set(agreement) == {"isolated/k=4", "visible/k=4", "batch/B=1", "batch/B=4", "batch/B=6"}
     assert max(agreement.values()) < 1e-3
 
 
@@ -96,3 +104,32 @@ def test_context_beyond_the_model_is_refused() -> None:
     cfg = BenchConfig(context=24, ks=(1,), scaling_contexts=(300,), reps=1, warmup=0)
     with pytest.raises(TempoError, match="exceeds the model"):
         run_benchmark(tiny_model("llama"), tiny_hf_model("llama")[0], cfg)
+
+
+def test_throughput_rows_and_ratios_are_their_parts(result: dict) -> None:
+    tp, r, iv = result["throughput"], result["ratios"], result["ratio_intervals"]
+    assert set(tp) == {"1", "4", "6"}
+    for b, row in tp.items():
+        assert math.isclose(row["tl_row_ms"] * int(b), row["tl_step_ms"])
+        assert math.isclose(row["tl_rows_per_s"], 1000.0 * int(b) / row["tl_step_ms"])
+        assert math.isclose(r[f"batch_vs_hf/B={b}"], row["tl_step_ms"] / row["hf_step_ms"])
+    assert math.isclose(r["batch_speedup/B=4"], tp["1"]["tl_step_ms"] / tp["4"]["tl_row_ms"])
+    assert "batch_speedup/B=1" not in r
+    for name, v in iv.items():  # every ratio has an interval around its value
+        lo, hi = v["ci95"]
+        assert lo <= v["value"] * (1 + 1e-9) and v["value"] <= hi * (1 + 1e-9), name
+        assert v["noisy"] == (v["half_width"] > 0.05)
+    assert result["noisy_ratios"] == sorted(n for n, v in iv.items() if v["noisy"])
+
+
+def test_ratio_interval_resamples_repetitions_in_pairs() -> None:
+    # den is num / 2 at every repetition: every paired resample gives exactly 2
+    num = [10.0, 30.0, 20.0, 50.0, 40.0]
+    iv = ratio_interval(num, [x / 2 for x in num], n_boot=500)
+    assert iv["value"] == 2.0 and iv["ci95"] == [2.0, 2.0] and not iv["noisy"]
+    # an unpaired spread shows as a wide interval
+    wide = ratio_interval(num, [20.0] * 5, n_boot=500)
+    assert wide["value"] == 1.5 and wide["ci95"][0] < 1.0 < 2.0 < wide["ci95"][1]
+    assert wide["noisy"]
+    with pytest.raises(TempoError, match="same number"):
+        ratio_interval([1.0], [1.0, 2.0])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -493,3 +495,86 @@ def test_nan_probabilities_stop_generation(llama):
         broken.unembed.W_U[:, 7] = float("nan")
     with pytest.raises(TempoError, match="NaN or infinite probabilities"):
         tl.generate(broken, "hi", max_steps=3)
+
+
+# -- the weight cache ---------------------------------------------------------------------
+
+
+def _cache_copy(tmp_path: Path, monkeypatch) -> Path:
+    """A copy of the real embedded cache entry, made the cache by CACHE_ENV."""
+    import shutil
+
+    from tempo_lens import loading
+
+    tl.load_model()  # make sure the real cache exists
+    entry = loading.cache_dir() / loading.CACHE_ENTRY
+    copy = tmp_path / "cache"
+    shutil.copytree(entry, copy / entry.name)
+    monkeypatch.setenv(loading.CACHE_ENV, str(copy))
+    return copy / entry.name
+
+
+def _overwrite_middle(entry: Path) -> str:
+    """Garbage in the middle of the tensor data, the safetensors header intact."""
+    path = entry / "model.safetensors"
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(b"\x7f" * 4096)
+    return "model.safetensors does not match the hash recorded in meta.json"
+
+
+def _claim_two_layers(entry: Path) -> str:
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["cfg"]["n_layers"] = 2
+    (entry / "meta.json").write_text(json.dumps(meta))
+    return "meta.json says n_layers = 2, the weights have 30"
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("damage", [_overwrite_middle, _claim_two_layers])
+def test_a_damaged_weight_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch, damage):
+    reference = tl.load_model()
+    entry = _cache_copy(tmp_path, monkeypatch)
+    reason = damage(entry)
+    with pytest.warns(UserWarning, match=re.escape(reason)):
+        model = tl.load_model()
+    assert model.cfg.n_layers == 30
+    tokens = torch.tensor([[1, 504, 2354, 3727, 335, 260]])
+    assert torch.equal(model(tokens), reference(tokens))  # the rebuilt weights are the real ones
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        tl.load_model()
+    assert not [w for w in seen if "model cache" in str(w.message)]  # the rebuilt entry verifies
+
+
+_CONCURRENT_LOAD = """
+import sys, tempo_lens
+model = tempo_lens.load_model()
+print("RESULT", model.cfg.n_layers, float(model.W_U.abs().sum()))
+"""
+
+
+@pytest.mark.embedded
+def test_two_concurrent_first_loads_share_one_build_and_leave_no_temporary(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tempo_lens import loading
+
+    env = {**os.environ, loading.CACHE_ENV: str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT_LOAD],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0].split("RESULT")[-1].split() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs[0] == outs[1] and outs[0][0] == "30"  # the same weights in both
+    left = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert left == [f".{loading.CACHE_ENTRY}.lock", loading.CACHE_ENTRY]  # no temporary

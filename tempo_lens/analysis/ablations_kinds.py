@@ -265,7 +265,9 @@ def dynamic_threshold_kind(model: Any, section: dict, out_dir: Path, progress: b
         sizes, pruned, members = [], 0, 0
         for text in _texts(section):
             eos = -1 if section.get("stop_at_eos", True) else None
-            run = generate(model, text, threshold=sched, max_steps=max_steps, eos_token_id=eos)
+            run = generate(
+                model, text, threshold=sched, max_steps=max_steps, eos_token_id=eos, progress=False
+            )
             res = dyn.retroactive_prune(model, run, ratio=section.get("prune_ratio", 0.5))
             sizes.append([len(s) for s in run.steps])
             pruned += int(res.pruned.sum())

@@ -196,6 +196,7 @@ def generate_unit(model: Any, unit: list[RunSpec], options: RunOptions) -> list[
             cache=list(options.cache) if options.cache else None,
             keep_logits=options.keep_logits,
             eos_token_id=options.eos_token_id,
+            progress=False,  # the experiment's own bar counts units
         )
         done.update(zip(batch, runs, strict=True))
     return [done[spec] for spec in unit]

@@ -291,6 +291,7 @@ def time_modes(
         next_from=next_from,
         max_parallel=max_parallel,
         eos_token_id=eos_token_id,
+        progress=False,  # no bar inside a timed loop
     )
     for iso in (True, False):
         generate(model, prompt, isolate=iso, **kw)

@@ -145,14 +145,22 @@ def bracket_html(run: TempoRun) -> str:
     """The prompt plus the bracket text, with multi-member sets marked up."""
     prompt = run.prompt or "".join(run.token_strs[: run.layout.n_prompt])
     out = [f'<span class="prompt">{_e(prompt)}</span>']
-    for lead, strs, probs in run.bracket_parts():
+    pruned = {(p.set_step, p.member): p for p in run.pruned}
+    for step, (lead, strs, probs) in enumerate(run.bracket_parts()):
         if len(strs) == 1:
             out.append(_e(strs[0]))
             continue
-        members = "/".join(
-            f'<span title="p={p:.3f}">{_e(s)}</span>' for s, p in zip(strs, probs, strict=True)
-        )
-        out.append(f'{_e(lead)}<span class="set">[{members}]</span>')
+        shown = []
+        for j, (s, p) in enumerate(zip(strs, probs, strict=True)):
+            cut = pruned.get((step, j))
+            if cut is None:
+                shown.append(f'<span title="p={p:.3f}">{_e(s)}</span>')
+            else:  # bracket_parts wrote it `~tok~`: strike it through instead
+                shown.append(
+                    f'<s class="pruned" title="p={p:.3f}; pruned after step {cut.step} '
+                    f'(attention {cut.score:.3g})">{_e(s[1:-1])}</s>'
+                )
+        out.append(f'{_e(lead)}<span class="set">[{"/".join(shown)}]</span>')
     return '<pre class="bracket">' + "".join(out) + "</pre>"
 
 
