@@ -35,6 +35,7 @@ from tempo_lens.provenance import Provenance, describe_run
 from tempo_lens.run import TempoRun
 
 NEXT_FROM = ("mixture", "last", "first")
+FORWARD_MEMORY_BUDGET = 1 << 30  # bytes one batched replay may hold (`forward` splits)
 TOP_K = 20
 
 
@@ -178,12 +179,14 @@ def forward(
     isolate: bool = True,
     fwd_hooks: Sequence[Hook] = (),
     cache: Iterable[CacheName] | bool | None = None,
+    memory_budget: int = FORWARD_MEMORY_BUDGET,
 ) -> tuple[Any, Any]:
     """Replay a whole layout in one forward: logits `[1, n, d_vocab]` and, if `cache`
     names hooks (or is True for all), a TL `ActivationCache` of them.
 
-    A list of layouts (any lengths) runs as one right-padded batch with per-row
-    positions and masks; it returns a list of logits `[1, n_b, d_vocab]` and a list of
+    A list of layouts (any lengths) runs as right-padded batches with per-row
+    positions and masks, as many rows per forward as `memory_budget` bytes allow (see
+    `replay_rows`); it returns a list of logits `[1, n_b, d_vocab]` and a list of
     caches (or None), each exactly what that layout's own replay gives (pads removed).
 
     `fwd_hooks` run after the mechanism's own hooks at the same hook point, so they see
@@ -191,6 +194,23 @@ def forward(
     `[batch, ...]` activations)."""
     single = isinstance(layout, Layout)
     layouts = [layout] if single else list(layout)  # type: ignore[list-item]
+    if not single and layouts:
+        rows = replay_rows(model, max(len(lay) for lay in layouts), cache, memory_budget)
+        if rows < len(layouts):
+            parts = [
+                forward(
+                    model,
+                    layouts[i : i + rows],
+                    isolate=isolate,
+                    fwd_hooks=fwd_hooks,
+                    cache=cache,
+                    memory_budget=memory_budget,
+                )
+                for i in range(0, len(layouts), rows)
+            ]
+            logits = [x for part in parts for x in part[0]]
+            caches = [c for part in parts for c in part[1]] if cache else None
+            return logits, caches
     batch = LayoutBatch.of(layouts)
     _check_fits(model, batch, fwd_hooks)
     store: dict[str, torch.Tensor] = {}
@@ -209,6 +229,19 @@ def forward(
         acts = {k: unpad_rows(k, v, b, cols, cols, len(batch))[None] for k, v in store.items()}
         caches.append(ActivationCache(acts, model))
     return rows, (caches if cache else None)
+
+
+def replay_rows(
+    model: HookedTransformer, n: int, cache: Any = None, memory_budget: int = FORWARD_MEMORY_BUDGET
+) -> int:
+    """How many layouts of `n` tokens one replay forward may hold under `memory_budget`
+    bytes: per row its logits, one layer's attention scores and MLP activations, and
+    (when `cache` names hooks) a pattern-sized capture per layer."""
+    cfg = model.cfg
+    floats = n * cfg.d_vocab + cfg.n_heads * n * n + 4 * n * max(cfg.d_model, cfg.d_mlp or 0)
+    if cache:
+        floats += cfg.n_layers * cfg.n_heads * n * n
+    return max(1, memory_budget // (4 * floats))
 
 
 def unpad_rows(

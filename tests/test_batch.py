@@ -119,6 +119,26 @@ def test_batched_forward_equals_single_replays(tiny_pair):
             assert (x - ref).abs().max().item() < 1e-3
 
 
+def test_batched_forward_splits_under_its_memory_budget(tiny_pair):
+    from tempo_lens.generate import replay_rows
+
+    model, _, _ = tiny_pair
+    runs = tl.generate(model, PROMPTS, threshold=0.1, max_steps=5, eos_token_id=None)
+    layouts = [r.layout for r in runs]
+    longest = max(len(lay) for lay in layouts)
+    budget = 4 * (longest * model.cfg.d_vocab + model.cfg.n_heads * longest**2) * 2 + 64
+    budget += 4 * 4 * longest * max(model.cfg.d_model, model.cfg.d_mlp or 0) * 2
+    assert replay_rows(model, longest, None, budget) == 2 < len(layouts)  # the budget splits
+    whole, _ = tl.forward(model, layouts, isolate=True)
+    split, caches = tl.forward(model, layouts, isolate=True, cache=["pattern"], memory_budget=1)
+    assert len(split) == len(caches) == len(layouts)  # a budget under one row: one per forward
+    for a, b in zip(whole, split, strict=True):
+        assert a.shape == b.shape and (a - b).abs().max().item() < 1e-5
+    halves, _ = tl.forward(model, layouts, isolate=True, memory_budget=budget)
+    for a, b in zip(whole, halves, strict=True):
+        assert (a - b).abs().max().item() < 1e-5
+
+
 def test_batched_forward_fractional_and_gapped_positions(tiny_pair):
     model, _, _ = tiny_pair
     if model.cfg.positional_embedding_type != "rotary":

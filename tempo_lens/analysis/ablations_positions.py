@@ -65,14 +65,15 @@ def position_ablation(
     with the original positions: mean KL(original || variant) over member rows and
     next-step mixtures, and the share of member rows whose top-1 token is unchanged."""
     layout, weights = layout_and_weights(source)
-    base = forward(model, layout, isolate=isolate)[0][0]
-    ref = row_logprobs(base, layout, weights)
-    out: dict[str, dict[str, float]] = {}
     for name, variant in variants.items():
         if not torch.equal(variant.tokens, layout.tokens):
             raise TempoError(f"variant {name!r} has other tokens; only positions may change")
-        logits = forward(model, variant, isolate=isolate)[0][0]
-        m, x = row_logprobs(logits, layout, weights)
+    # the original and every variant in batched replays (split under forward's budget)
+    replays = forward(model, [layout, *variants.values()], isolate=isolate)[0]
+    ref = row_logprobs(replays[0][0], layout, weights)
+    out: dict[str, dict[str, float]] = {}
+    for name, logits in zip(variants, replays[1:], strict=True):
+        m, x = row_logprobs(logits[0], layout, weights)
         out[name] = {
             "kl_members": float(kl(ref[0], m).mean()) if m.numel() else 0.0,
             "kl_next": float(kl(ref[1], x).mean()) if x.numel() else 0.0,
