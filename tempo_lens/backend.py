@@ -146,6 +146,12 @@ class HookedBackend:
         cache.previous_attention_mask = mask[rows.to(mask.device)][:, cols.to(mask.device)]
 
 
+def hf_is_rotary(hf_model: torch.nn.Module) -> bool:
+    """Whether a Hugging Face model applies rotary embeddings (it has a `rotary_emb`
+    module): read off the model itself, not the bridge's `cfg.rotary_*`."""
+    return any(name.endswith("rotary_emb") for name, _ in hf_model.named_modules())
+
+
 class BridgeBackend:
     """`TransformerBridge`: `position_ids` and an explicit 4D mask, Hugging Face's cache."""
 
@@ -182,7 +188,7 @@ class BridgeBackend:
     def position_ids(self, model: Model, batch: LayoutBatch, n_query: int) -> torch.Tensor:
         """The query block's logical positions, as Hugging Face takes them."""
         pos = batch.positions[:, len(batch) - n_query :]
-        rotary = model.cfg.positional_embedding_type == "rotary"
+        rotary = hf_is_rotary(model.original_model)
         if pos.is_floating_point():
             if not rotary and not torch.equal(pos, pos.round()):
                 raise TempoError(

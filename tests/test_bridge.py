@@ -47,6 +47,20 @@ def _prompt_ids(model, text):
     return model.to_tokens(text, prepend_bos=model.cfg.default_prepend_bos)[0].tolist()
 
 
+def _eos_that_splits(model, prompts, **kw):
+    """A token id that makes the rows stop at different steps (EOS on some, not all)."""
+    runs = [tl.generate(model, p, eos_token_id=None, **kw) for p in prompts]
+    for run in runs:
+        for s in run.steps[1:-1]:
+            stops = [
+                next((i for i, t in enumerate(r.steps) if t.tokens[0] == s.tokens[0]), None)
+                for r in runs
+            ]
+            if len(set(stops)) >= 3:
+                return s.tokens[0]
+    return None
+
+
 # Which backend a user gets ------------------------------------------------------------------
 
 
@@ -168,11 +182,14 @@ def test_bridge_batched_generate_equals_single(bridge_pair):
     # the bridge's Llama adapter runs hook_rot_k (its NeoX adapter does not)
     llama = tl.loading.describe(model)["architecture"] == "LlamaForCausalLM"
     capture = ["pattern", "resid_post", "hook_k"] + ["hook_rot_k"] * llama
-    kw = dict(threshold=0.1, max_steps=6, keep_logits=True, cache=capture, eos_token_id=None)
-    batched = tl.generate(model, PROMPTS, **kw)
-    for b, p in zip(batched, PROMPTS, strict=True):
-        alone = tl.generate(model, p, **kw)
-        assert _sets(b) == _sets(alone)
+    kw = dict(threshold=0.1, max_steps=7, keep_logits=True, cache=capture)
+    eos = _eos_that_splits(model, PROMPTS, threshold=0.1, max_steps=7)
+    assert eos is not None
+    batched = tl.generate(model, PROMPTS, eos_token_id=eos, **kw)
+    alone_runs = [tl.generate(model, p, eos_token_id=eos, **kw) for p in PROMPTS]
+    assert len({len(r.steps) for r in alone_runs}) >= 2  # rows leave the batch early
+    for b, alone in zip(batched, alone_runs, strict=True):
+        assert _sets(b) == _sets(alone) and b.stop_reason == alone.stop_reason
         for x, y in zip(b.logits, alone.logits, strict=True):
             assert x.shape == y.shape and (x - y).abs().max().item() < 1e-4
         for name, acts in alone.activations.items():
