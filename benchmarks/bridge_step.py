@@ -20,6 +20,8 @@ import io
 import json
 import os
 import statistics
+import sys
+import time
 
 import numpy as np
 import torch
@@ -68,8 +70,10 @@ def main() -> None:
     if tl_major_version() >= 4:
         raise SystemExit("TransformerLens 4 has no HookedTransformer: run this in the 3.x env")
     torch.manual_seed(0)
+    t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         models = {b: load_model(args.model, backend=b) for b in ("hooked", "bridge")}
+    print(f"loaded both in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     vocab = models["hooked"].cfg.d_vocab
     g = torch.Generator().manual_seed(0)
     prefix = Layout.from_prompt(torch.randint(0, vocab, (args.context,), generator=g))
@@ -80,6 +84,7 @@ def main() -> None:
     a, b = (cases[k].step().float().log_softmax(-1) for k in ("hooked", "bridge"))
     for case in cases.values():
         case.reset()
+    print("timing", file=sys.stderr)
     samples = measure(cases, args.reps, args.warmup)
     ratios = [x / y for x, y in zip(samples["bridge"], samples["hooked"], strict=True)]
     lo, hi = bootstrap_median_ci(ratios)

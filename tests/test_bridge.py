@@ -325,3 +325,11 @@ def test_embedded_bridge_generate_equals_hf_oracle(embedded_bridge, embedded_hf,
         assert _sets(hooked) == _sets(run)
         for x, y in zip(hooked.steps, run.steps, strict=True):
             assert x.probs == pytest.approx(y.probs, abs=1e-3)
+
+
+def test_capturing_a_hook_the_bridge_never_runs_raises():
+    """The bridge's NeoX adapter lists `hook_rot_k` but never calls it: asking for it is
+    a TempoError, not a missing capture."""
+    model = tiny_model("neox", backend="bridge")
+    with pytest.raises(tl.TempoError, match="did not run"):
+        tl.generate(model, "The cat", max_steps=2, cache=["hook_rot_k"])
