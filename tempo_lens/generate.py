@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformer_lens import ActivationCache, HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
+from tempo_lens.backend import Model, backend_of
 from tempo_lens.errors import TempoError
 from tempo_lens.hooks import Hook, batch_hidden, check_hook_points, mask_hooks, position_hooks
 from tempo_lens.layout import Layout, LayoutBatch, ParallelSet, PrunedMember
@@ -91,7 +91,7 @@ def next_distribution(
 CacheName = str | tuple[str, int]
 
 
-def resolve_hook_names(model: HookedTransformer, names: Iterable[CacheName]) -> list[str]:
+def resolve_hook_names(model: Model, names: Iterable[CacheName]) -> list[str]:
     """Full TL hook names for `names`: exact names; suffixes such as "hook_pattern"
     (every layer's `blocks.L.attn.hook_pattern`); TL short names such as "pattern" or
     "resid_post" (every layer); `(name, layer)` pairs as `get_act_name(name, layer)`."""
@@ -130,33 +130,31 @@ def resolve_hook_names(model: HookedTransformer, names: Iterable[CacheName]) -> 
 
 
 def _capture_hooks(names: Sequence[str], store: dict[str, torch.Tensor]) -> list[Hook]:
-    def save(act: torch.Tensor, hook: Any) -> None:
-        store[hook.name] = act.detach().clone()
+    # Stored under the name asked for: a TransformerBridge resolves TL alias names
+    # (`blocks.0.hook_resid_post`) to hook points that carry their own name.
+    def saver(name: str) -> Callable[[torch.Tensor, Any], None]:
+        def save(act: torch.Tensor, hook: Any) -> None:
+            store[name] = act.detach().clone()
 
-    return [(name, save) for name in names]
+        return save
+
+    return [(name, saver(name)) for name in names]
 
 
 def _model_forward(
-    model: HookedTransformer,
+    model: Model,
     layout: Layout | LayoutBatch,
     n_query: int,
     hooks: list[Hook],
-    past_kv_cache: TransformerLensKeyValueCache | None,
+    past_kv_cache: Any,
 ) -> torch.Tensor:
-    """Logits `[batch, n_query, vocab]` of the last `n_query` tokens of every row."""
-    device = model.cfg.device
-    tokens = LayoutBatch.of(layout).tokens[:, len(layout) - n_query :].to(device)
-    # An explicit all-ones mask: TL would otherwise infer padding from the pad token id,
-    # which for many tokenizers is also a real generated token (EOS). Pads are hidden
-    # keys (`hooks.batch_hidden`), so TL's own padding logic never runs and its rotary
-    # and learned positions stay physical (the position hooks move them).
-    attention_mask = torch.ones_like(tokens)
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        return model(tokens, attention_mask=attention_mask, past_kv_cache=past_kv_cache)
+    """Logits `[batch, n_query, vocab]` of the last `n_query` tokens of every row, through
+    the model's backend (`backend.HookedBackend` / `backend.BridgeBackend`)."""
+    return backend_of(model).forward(model, LayoutBatch.of(layout), n_query, hooks, past_kv_cache)
 
 
 def mechanism_hooks(
-    model: HookedTransformer,
+    model: Model,
     layout: Layout | LayoutBatch,
     isolate: bool,
     n_query: int | None = None,
@@ -169,11 +167,13 @@ def mechanism_hooks(
     if hidden is not None:
         mask = mask | hidden
     masks = mask_hooks(layout, mask) if bool(mask.any()) else []
+    if not backend_of(model).positions_by_hooks:
+        return masks  # the bridge takes logical positions as position_ids
     return position_hooks(model, layout) + masks
 
 
 def forward(
-    model: HookedTransformer,
+    model: Model,
     layout: Layout | Sequence[Layout],
     *,
     isolate: bool = True,
@@ -226,7 +226,10 @@ def forward(
     for b in range(len(layouts)):
         cols = batch.real_columns(b)
         rows.append(logits[b : b + 1, cols])
-        acts = {k: unpad_rows(k, v, b, cols, cols, len(batch))[None] for k, v in store.items()}
+        acts = {
+            k: unpad_rows(k, v, b, cols, cols, len(batch), rot_k_all_keys=True)[None]
+            for k, v in store.items()
+        }
         caches.append(ActivationCache(acts, model))
     return rows, (caches if cache else None)
 
@@ -251,21 +254,23 @@ def unpad_rows(
     query_cols: torch.Tensor,
     key_cols: torch.Tensor,
     n: int,
+    *,
+    rot_k_all_keys: bool = True,
 ) -> torch.Tensor:
     """Row `row` of an activation captured on a padded grid of `n` columns, pads
     removed: `query_cols` / `key_cols` are the row's own physical columns; the activation
-    covers the grid's last queries (all n without a KV cache)."""
+    covers the grid's last queries (all n without a KV cache). `rot_k_all_keys`: whether
+    `hook_rot_k` covers every key (HookedTransformer re-rotates the whole cache on every
+    call) or only the new block (the bridge's cache stores rotated keys)."""
     x = act[row]
     if name.endswith(("hook_pattern", "hook_attn_scores")):
         return x[..., query_cols - (n - x.shape[-2]), :][..., key_cols]
-    if name.endswith("hook_rot_k"):
-        return x[key_cols]  # re-rotated over all keys on every call, cached or not
+    if name.endswith("hook_rot_k") and rot_k_all_keys:
+        return x[key_cols]
     return x[query_cols - (n - x.shape[0])]
 
 
-def _check_fits(
-    model: HookedTransformer, layout: Layout | LayoutBatch, fwd_hooks: Sequence[Hook] = ()
-) -> None:
+def _check_fits(model: Model, layout: Layout | LayoutBatch, fwd_hooks: Sequence[Hook] = ()) -> None:
     """A layout (and extra hooks) this model can run: length, token ids, hook names."""
     n = len(layout)
     if n > model.cfg.n_ctx:
@@ -280,7 +285,7 @@ def _check_fits(
     check_hook_points(model, fwd_hooks)
 
 
-def tokenize(model: HookedTransformer, prompt: str | Sequence[int] | torch.Tensor) -> list[int]:
+def tokenize(model: Model, prompt: str | Sequence[int] | torch.Tensor) -> list[int]:
     if isinstance(prompt, str):
         if not prompt.strip():
             raise TempoError("the prompt is empty; pass some text")
@@ -310,7 +315,7 @@ def tokenize(model: HookedTransformer, prompt: str | Sequence[int] | torch.Tenso
     return tokens
 
 
-def token_strings(model: HookedTransformer, tokens: Sequence[int]) -> list[str]:
+def token_strings(model: Model, tokens: Sequence[int]) -> list[str]:
     if model.tokenizer is None:
         return [f"<{t}>" for t in tokens]
     return model.tokenizer.batch_decode([[t] for t in tokens], clean_up_tokenization_spaces=False)
@@ -400,7 +405,7 @@ class Decoder:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: Model,
         layouts: Sequence[Layout],
         *,
         isolate: bool,
@@ -419,18 +424,19 @@ class Decoder:
         self.hidden_after = torch.full(shape, math.inf)
         self.attention_received = torch.zeros(shape, dtype=torch.float64)
         self.queries_seen = torch.zeros(shape, dtype=torch.float64)
-        self.kv = (
-            TransformerLensKeyValueCache.init_cache(
-                model.cfg, model.cfg.device, self.batch.batch_size
-            )
-            if use_kv_cache
-            else None
-        )
+        self.backend = backend_of(model)
+        self.kv = self.backend.new_cache(model, self.batch.batch_size) if use_kv_cache else None
         self.block_start = 0  # first column of the newest block
         self.cached = 0  # columns already in the KV cache
 
     def __len__(self) -> int:
         return len(self.batch)
+
+    @property
+    def rot_k_all_keys(self) -> bool:
+        """Whether a cached forward's `hook_rot_k` covers every key (HookedTransformer)
+        or only the new block (the bridge)."""
+        return self.kv is None or self.backend.rot_k_covers_all_keys
 
     def _per_key(self) -> list[str]:
         return ["hidden_after", "attention_received", "queries_seen"]
@@ -498,15 +504,9 @@ class Decoder:
             setattr(self, name, getattr(self, name)[idx][:, cols])
         self.block_start = int((cols < self.block_start).sum())
         if self.kv is not None:
-            dev_cols = cols[cols < self.cached]
-            for entry in self.kv.entries:
-                keep_cols = dev_cols.to(entry.past_keys.device)
-                rows_dev = idx.to(entry.past_keys.device)
-                entry.past_keys = entry.past_keys[rows_dev][:, keep_cols]
-                entry.past_values = entry.past_values[rows_dev][:, keep_cols]
-            mask = self.kv.previous_attention_mask
-            self.kv.previous_attention_mask = mask[idx.to(mask.device)][:, dev_cols.to(mask.device)]
-            self.cached = int(dev_cols.numel())
+            cached_cols = cols[cols < self.cached]
+            self.backend.keep(self.kv, idx, cached_cols)
+            self.cached = int(cached_cols.numel())
 
 
 @dataclass
@@ -531,7 +531,7 @@ class _Generation:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: Model,
         prompts: list[list[int]],
         config: GenerateConfig,
         names: list[str],
@@ -564,8 +564,15 @@ class _Generation:
             q_cols = dec.block_columns(b)
             rows = logits[b, q_cols - (n - logits.shape[1])]
             for name in self.names:
+                if name not in store:
+                    raise TempoError(
+                        f"hook {name!r} exists but did not run in this model's forward (a "
+                        "TransformerBridge adapter may not call it); capture another hook"
+                    )
                 key_cols = dec.batch.real_columns(b)
-                act = unpad_rows(name, store[name], b, q_cols, key_cols, n)
+                act = unpad_rows(
+                    name, store[name], b, q_cols, key_cols, n, rot_k_all_keys=dec.rot_k_all_keys
+                )
                 row.activations[name].append(act.cpu())
             if self.keep_logits:
                 row.logits.append(rows.detach().cpu())
@@ -678,7 +685,7 @@ def row_open(row: _Row) -> bool:
 
 
 def generate(
-    model: HookedTransformer,
+    model: Model,
     prompt: Prompt | list[Prompt],
     *,
     threshold: Threshold = 0.1,
@@ -755,9 +762,7 @@ def generate(
     return runs[0] if single else runs
 
 
-def generate_stream(
-    model: HookedTransformer, prompt: Prompt, **kwargs: Any
-) -> Iterator[ParallelSet]:
+def generate_stream(model: Model, prompt: Prompt, **kwargs: Any) -> Iterator[ParallelSet]:
     """Yield each ParallelSet of a single-prompt `generate` as soon as it is chosen
     (same arguments as `generate`, minus `progress`)."""
     kwargs.pop("progress", None)
@@ -770,7 +775,7 @@ def generate_stream(
 
 
 def _settings(
-    model: HookedTransformer,
+    model: Model,
     threshold: Threshold = 0.1,
     max_steps: int | None = None,
     max_new_tokens: int | None = None,
@@ -807,7 +812,7 @@ def _is_batch(prompt: Any) -> bool:
     )
 
 
-def _prompt_tokens(model: HookedTransformer, prompt: Prompt) -> list[int]:
+def _prompt_tokens(model: Model, prompt: Prompt) -> list[int]:
     tokens = tokenize(model, prompt)
     n_ctx = model.cfg.n_ctx
     if len(tokens) >= n_ctx:

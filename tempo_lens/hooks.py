@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
+from tempo_lens.backend import Model, is_bridge
 from tempo_lens.errors import TempoError
 from tempo_lens.layout import PAD_STEP, Layout, LayoutBatch
 
@@ -93,7 +93,7 @@ def _block_is_zero(nonzero_cumsum: list[int], start: int, stop: int) -> bool:
     return nonzero_cumsum[stop - 1] - before == 0
 
 
-def _rotary_position_hooks(model: HookedTransformer, batch: LayoutBatch) -> list[Hook]:
+def _rotary_position_hooks(model: Model, batch: LayoutBatch) -> list[Hook]:
     cfg = model.cfg
     if cfg.use_dynamic_ntk_rope:
         raise TempoError(
@@ -156,7 +156,7 @@ def _rotary_position_hooks(model: HookedTransformer, batch: LayoutBatch) -> list
     return hooks
 
 
-def _learned_position_hooks(model: HookedTransformer, batch: LayoutBatch) -> list[Hook]:
+def _learned_position_hooks(model: Model, batch: LayoutBatch) -> list[Hook]:
     positions = batch.positions
     if positions.is_floating_point():
         if not torch.equal(positions, positions.round()):
@@ -178,7 +178,7 @@ def _learned_position_hooks(model: HookedTransformer, batch: LayoutBatch) -> lis
     return [("hook_pos_embed", pos_hook)]
 
 
-def position_hooks(model: HookedTransformer, layout: Layout | LayoutBatch) -> list[Hook]:
+def position_hooks(model: Model, layout: Layout | LayoutBatch) -> list[Hook]:
     """Hooks that put every token at its logical position (per row for a LayoutBatch).
 
     Rotary models: TL rotates q and k at physical positions, then fires `hook_rot_q` /
@@ -187,7 +187,15 @@ def position_hooks(model: HookedTransformer, layout: Layout | LayoutBatch) -> li
     whole (cached) key length on every call, so the key hook covers all n keys.
     Learned absolute positions: `hook_pos_embed` is replaced by `W_pos[logical]`.
     Returns [] when every token already sits at its physical position.
+
+    A `TransformerBridge` takes logical positions as Hugging Face `position_ids` instead
+    (its cache stores rotated keys, so no hook could move them): use `tempo_lens.forward`.
     """
+    if is_bridge(model):
+        raise TempoError(
+            "a TransformerBridge takes logical positions as position_ids, not hooks; "
+            "replay the layout with tempo_lens.forward(model, layout, fwd_hooks=...)"
+        )
     batch = LayoutBatch.of(layout)
     kind = model.cfg.positional_embedding_type
     if kind == "rotary":
@@ -208,7 +216,7 @@ ATTN_SCORES = "attn.hook_attn_scores"
 Bias = float | Float[torch.Tensor, "batch heads"]
 
 
-def check_hook_points(model: HookedTransformer, hooks: Iterable[Hook]) -> None:
+def check_hook_points(model: Model, hooks: Iterable[Hook]) -> None:
     """Every hook named by a string must name a hook point of `model`."""
     for name, _ in hooks:
         if isinstance(name, str) and name not in model.hook_dict:
@@ -261,7 +269,7 @@ def mask_hooks(
     layers: Iterable[int] | None = None,
     heads: Iterable[int] | Mapping[int, Iterable[int]] | None = None,
     bias: Bias = -math.inf,
-    model: HookedTransformer | None = None,
+    model: Model | None = None,
 ) -> list[Hook]:
     """THE mask builder: add `bias` at `hook_attn_scores` to every (query, key) score
     marked in `hidden`. Isolation, pads, pruning and every masking ablation are this one
@@ -357,7 +365,7 @@ def isolation_hooks(
     layers: Iterable[int] | None = None,
     heads: Iterable[int] | Mapping[int, Iterable[int]] | None = None,
     bias: Bias = -math.inf,
-    model: HookedTransformer | None = None,
+    model: Model | None = None,
 ) -> list[Hook]:
     """Hooks that hide each set member from its siblings at `hook_attn_scores`
     (`mask_hooks` with hidden = same set; pads of a LayoutBatch stay hidden everywhere).

