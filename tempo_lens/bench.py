@@ -37,11 +37,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from tempo_lens.errors import TempoError
 from tempo_lens.generate import (
@@ -54,6 +52,10 @@ from tempo_lens.generate import (
 from tempo_lens.hooks import batch_hidden
 from tempo_lens.layout import Layout, LayoutBatch
 from tempo_lens.storage import atomic_dir, marker, write_json_atomic
+
+if TYPE_CHECKING:  # the benchmark times the HookedTransformer backend (TransformerLens < 4)
+    from transformer_lens import HookedTransformer
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 CAPTURE = ("hook_pattern", "hook_resid_post")
 MODES = ("isolated", "visible")
@@ -177,6 +179,8 @@ def _set_tokens(k: int, vocab: int, seed: int) -> list[int]:
 
 
 def _tl_prefix_cache(model: HookedTransformer, prefix: Layout) -> TransformerLensKeyValueCache:
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
     kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
     _model_forward(model, prefix, len(prefix), mechanism_hooks(model, prefix, True), kv)
     kv.freeze()  # every timed step now sees the same prefix and leaves it untouched
@@ -703,10 +707,17 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: Any) -> int:
+    from tempo_lens.backend import has_hooked_transformer
     from tempo_lens.cli import load_model_quietly
     from tempo_lens.loading import embedded_gguf_path, load_hf_gguf
     from tempo_lens.storage import check_target
 
+    if not has_hooked_transformer():
+        raise TempoError(
+            "tempo-lens bench times the HookedTransformer backend, which TransformerLens 4 "
+            "removed; run it where transformer-lens<4 is installed (benchmarks/bridge_step.py "
+            "times the bridge)"
+        )
     base = QUICK if args.quick else BenchConfig()
     cfg = BenchConfig(**{**asdict(base), "ks": base.ks, "scaling_contexts": base.scaling_contexts})
     if args.reps is not None:

@@ -235,7 +235,7 @@ def forward(
 
 
 def replay_rows(
-    model: HookedTransformer, n: int, cache: Any = None, memory_budget: int = FORWARD_MEMORY_BUDGET
+    model: Model, n: int, cache: Any = None, memory_budget: int = FORWARD_MEMORY_BUDGET
 ) -> int:
     """How many layouts of `n` tokens one replay forward may hold under `memory_budget`
     bytes: per row its logits, one layer's attention scores and MLP activations, and

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 
 from tempo_lens import Layout, TempoError, TempoRun, forward
+from tempo_lens.backend import Model
 from tempo_lens.generate import prune_rule
 
 
@@ -135,7 +135,7 @@ class PruneResult:
 
 
 def retroactive_prune(
-    model: HookedTransformer,
+    model: Model,
     run: TempoRun,
     *,
     ratio: float = 0.5,

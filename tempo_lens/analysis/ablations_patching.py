@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
 from transformer_lens.patching import layer_pos_patch_setter
 
 from tempo_lens import Layout, TempoError, TempoRun, forward, isolation_hooks
 from tempo_lens.analysis.ablations_hooks import same_set_bias_hooks
 from tempo_lens.analysis.metrics import kl
+from tempo_lens.backend import Model
 from tempo_lens.generate import mechanism_hooks
 from tempo_lens.hooks import Hook
 from tempo_lens.layout import LayoutBatch
@@ -80,7 +80,7 @@ class _References:
         self.vis = row_logprobs(self.vis_logits, self.layout, self.weights)
 
     @classmethod
-    def of(cls, model: HookedTransformer, sources: Sequence[Source]) -> list[_References]:
+    def of(cls, model: Model, sources: Sequence[Source]) -> list[_References]:
         layouts = [layout_and_weights(s)[0] for s in sources]
         resid = ["hook_resid_pre"]
         iso_logits, iso_caches = forward(model, layouts, isolate=True, cache=resid)
@@ -112,7 +112,7 @@ class _References:
 
 
 def replay_batch(
-    model: HookedTransformer,
+    model: Model,
     layout: Layout | LayoutBatch,
     batch: int,
     fwd_hooks: Sequence[Hook],
@@ -150,7 +150,7 @@ def _padded(rows: Sequence[torch.Tensor], n: int) -> torch.Tensor:
 
 
 def _run_schedules(
-    model: HookedTransformer, refs: Sequence[_References], bias: torch.Tensor, batch_size: int
+    model: Model, refs: Sequence[_References], bias: torch.Tensor, batch_size: int
 ) -> list[list[Distances]]:
     """Replay every schedule row of `bias` [rows, layers, heads] on every reference's
     layout: per reference, a list over rows. A row equal to the isolated (all -inf) or
@@ -210,9 +210,7 @@ def _sources(source: Source | Sequence[Source]) -> tuple[list[Source], bool]:
     return list(source), False
 
 
-def layer_patching(
-    model: HookedTransformer, source: Source | Sequence[Source], *, batch_size: int = 16
-) -> Any:
+def layer_patching(model: Model, source: Source | Sequence[Source], *, batch_size: int = 16) -> Any:
     """Replay `source` with isolation removed at exactly one layer L, at layers 0..L,
     and at L..end, for every L (3 × n_layers replays, batched). A list of sources
     (prompts) is batched with them, in padded forwards of `batch_size` rows, and gives a
@@ -235,7 +233,7 @@ def layer_patching(
 
 
 def head_patching(
-    model: HookedTransformer,
+    model: Model,
     source: Source | Sequence[Source],
     layers: Iterable[int],
     *,
@@ -263,7 +261,7 @@ def head_patching(
 
 
 def bias_sweep(
-    model: HookedTransformer,
+    model: Model,
     source: Source | Sequence[Source],
     biases: Sequence[float],
     *,
@@ -280,7 +278,7 @@ def bias_sweep(
 
 
 def compare_hooks(
-    model: HookedTransformer, source: Source, variants: Mapping[str, Sequence[Hook]]
+    model: Model, source: Source, variants: Mapping[str, Sequence[Hook]]
 ) -> dict[str, Distances]:
     """Replay `source` once per named hook list (run on top of positions, no isolation)
     and measure each against the isolated and visible replays."""
@@ -329,7 +327,7 @@ def group_positions(layout: Layout, group: str) -> torch.Tensor:
 
 
 def patch_activation(
-    model: HookedTransformer,
+    model: Model,
     layout: Layout,
     name: str,
     positions: torch.Tensor,
@@ -360,7 +358,7 @@ def fraction_restored(
 
 
 def activation_patching(
-    model: HookedTransformer,
+    model: Model,
     source: Source,
     *,
     hook: str = "resid_pre",

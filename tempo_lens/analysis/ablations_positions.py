@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformer_lens import HookedTransformer
 
 from tempo_lens import Layout, TempoError, forward
 from tempo_lens.analysis.ablations_patching import (
@@ -19,6 +18,7 @@ from tempo_lens.analysis.ablations_patching import (
     row_logprobs,
 )
 from tempo_lens.analysis.metrics import kl
+from tempo_lens.backend import Model
 
 
 def offset_layout(layout: Layout, delta: float) -> Layout:
@@ -55,7 +55,7 @@ def _with_positions(layout: Layout, positions: torch.Tensor) -> Layout:
 
 
 def position_ablation(
-    model: HookedTransformer,
+    model: Model,
     source: Source,
     variants: dict[str, Layout],
     *,
