@@ -153,3 +153,18 @@ def test_lazy_package_attributes():
     assert set(tempo_lens.__all__) <= set(dir(tempo_lens))
     with pytest.raises(AttributeError):
         tempo_lens.no_such_name  # noqa: B018
+
+
+def test_public_names_survive_importing_their_submodules():
+    """`tempo_lens.generate` is the function even after `tempo_lens.generate` (the module)
+    was imported, in a fresh interpreter where nothing touched the name before."""
+    code = (
+        "import tempo_lens.bench, tempo_lens.generate, tempo_lens.hooks, tempo_lens.run\n"
+        "import tempo_lens as tl\n"
+        "assert callable(tl.generate) and tl.generate.__name__ == 'generate'\n"
+        "assert callable(tl.forward) and callable(tl.isolation_hooks)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() == "ok"
