@@ -12,6 +12,8 @@ do not load torch or TransformerLens.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from tempo_lens.errors import TempoError
@@ -91,3 +93,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule `tempo_lens.generate` (e.g. `from tempo_lens.generate import
+    tokenize`) makes Python set the package attribute `generate` to that module; the
+    public name is the function, as it was when `__init__` imported it eagerly."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and value.__name__ == _LAZY.get(name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
