@@ -201,6 +201,24 @@ def test_cli_engine_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
     with pytest.raises(TempoError, match=r"tempo_lens\[distributed\]"):
         run_experiment(resolve(_raw()), out, engine="ray")
+    monkeypatch.undo()
+    assert (
+        main(
+            [
+                "experiment",
+                str(cfg),
+                "--out",
+                str(out),
+                "--engine",
+                "ray",
+                "--address",
+                "127.0.0.1:1",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("tempo-lens: error: cannot reach a Ray cluster at 127.0.0.1:1")
 
 
 def test_runs_table_is_saved_as_parquet(inprocess):

@@ -20,6 +20,7 @@ import collections
 import contextlib
 import io
 import os
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,23 @@ def model_identity(model: Any) -> tuple[str, str]:
     return model.cfg.model_name, weight_hash(model)
 
 
+def check_reachable(address: str | None, timeout: float = 10.0) -> None:
+    """A `HOST:PORT` address must accept a connection within `timeout` seconds (Ray itself
+    retries an unreachable one for minutes); None and "auto" are Ray's to resolve."""
+    if address is None or address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise TempoError(f"--address {address!r} is not HOST:PORT (or auto); e.g. 10.0.0.1:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise TempoError(
+            f"cannot reach a Ray cluster at {address} ({err.strerror or err}); start one with "
+            "`ray start --head` there, or leave out --address for a local cluster"
+        ) from None
+
+
 class UnitWorker:
     """One Ray actor: loads the model once, then generates the units it is sent."""
 
@@ -145,6 +163,7 @@ class RayEngine:
         if self.gpus_per_worker < 0:
             raise TempoError(f"--gpus-per-worker must be 0 or more, not {self.gpus_per_worker}")
         if not ray.is_initialized():
+            check_reachable(self.address)
             try:
                 ray.init(
                     address=self.address,
