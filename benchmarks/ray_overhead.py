@@ -86,7 +86,7 @@ def main() -> None:
     units = work_units(specs, size=batch_rows(model, options, longest))
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     t_init = time.perf_counter() - t0
     ray_engine = RayEngine(
         section["model"], workers=args.workers, expect_model=model_identity(model)

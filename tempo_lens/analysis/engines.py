@@ -135,7 +135,7 @@ class UnitWorker:
 class RayEngine:
     """Work units as Ray tasks on a pool of `workers` actors (`UnitWorker`).
 
-    `address`: None starts a local cluster for this process (unless Ray is already
+    `address`: None starts a new local cluster for this process (unless Ray is already
     initialised, e.g. by the caller); `"auto"` or `"HOST:PORT"` joins a running cluster
     (`ray start --head`, docs/distributed.md). `workers`: None is as many as the cluster
     has CPUs (or GPUs / `gpus_per_worker` when GPUs are asked for). `gpus_per_worker`:
@@ -162,11 +162,11 @@ class RayEngine:
             raise TempoError(f"--workers must be at least 1, not {self.workers}")
         if self.gpus_per_worker < 0:
             raise TempoError(f"--gpus-per-worker must be 0 or more, not {self.gpus_per_worker}")
+        check_reachable(self.address)
         if not ray.is_initialized():
-            check_reachable(self.address)
             try:
                 ray.init(
-                    address=self.address,
+                    address=self.address or "local",  # None: a new cluster, never a stray one
                     include_dashboard=False,
                     log_to_driver=False,
                     configure_logging=False,
