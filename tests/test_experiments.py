@@ -122,6 +122,7 @@ def test_sweep_resumes_and_recomputes_identically(llama, tmp_path):
         "received_attention_by_layer.png",
         "report.md",
         "runs",
+        "runs.parquet",
         "summary.json",
     ]
     on_disk = json.loads((out / "summary.json").read_text())

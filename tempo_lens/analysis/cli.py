@@ -13,24 +13,56 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output directory (default runs/experiments/NAME)")
     p.add_argument("--model", default=None, help="model, overriding the config's model:")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--engine",
+        choices=["inprocess", "ray"],
+        default="inprocess",
+        help="who generates the runs: this process (default) or Ray tasks on a cluster "
+        '(pip install "tempo_lens[distributed]"; docs/distributed.md)',
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray: 'auto' or HOST:PORT of a running cluster (default: a local one)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="Ray: actors, each loading the model once"
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="Ray: GPUs of each actor (the model then loads on cuda)",
+    )
 
 
 def _experiment(args: Any) -> int:
     from tempo_lens.analysis.config import load_config
+    from tempo_lens.analysis.engines import check_engine
     from tempo_lens.analysis.experiment import default_out, run_experiment
     from tempo_lens.cli import check_out_dir
 
     section = load_config(args.config)
     if args.model is not None:
         section["model"] = args.model
+    check_engine(args.engine, args.address, args.workers, args.gpus_per_worker)
     check_out_dir(args.out if args.out is not None else str(default_out(section)), "experiment")
     out = Path(args.out) if args.out is not None else default_out(section)
-    summary = run_experiment(section, out, progress=not args.no_progress)
+    summary = run_experiment(
+        section,
+        out,
+        progress=not args.no_progress,
+        engine=args.engine,
+        address=args.address,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+    )
     t = summary["timing"]
     print(
         f"{section['name']} ({section['kind']}): wrote {out}/summary.json, report.md, "
         f"config.yaml, runs/ | {t.get('generated_runs', 0)} runs generated, "
         f"{t.get('skipped_runs', 0)} reused | {t['wall_seconds']:.1f} s"
+        + (f" | engine {t['engine']}" if "engine" in t else "")
     )
     return 0
 
