@@ -729,20 +729,28 @@ def _load_unprocessed(
     return _load_hf(name, device, torch_dtype)
 
 
-def _load_hf(name: str, device: str | torch.device | None, dtype: torch.dtype | None) -> Model:
+def _hf_pretrained(source: str, name: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(Hugging Face model, tokenizer) from a local directory or hub id `source` (`name`
+    is what the user typed), after checking its config against the architecture table, so
+    an unsupported architecture fails before any weights load."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
-        hf_config = AutoConfig.from_pretrained(name)
+        hf_config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"unknown model {name!r}: no Hugging Face config found locally or on the hub"
         ) from err
-    config_from_hf(hf_config)  # fail fast on unsupported architectures, before the weights
+    config_from_hf(hf_config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(name)
-        hf = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(source)
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    return hf, tok
+
+
+def _load_hf(name: str, device: str | torch.device | None, dtype: torch.dtype | None) -> Model:
+    hf, tok = _hf_pretrained(name, name, torch.float32)
     return model_from_hf(hf, tok, device=device, dtype=dtype, model_name=str(name))
 
 
@@ -776,19 +784,7 @@ def _hf_model_for(name: str | None, dtype: torch.dtype | None) -> tuple[Any, Any
             f"unknown model {name!r}: not a TransformerLens name, a local directory or a "
             "hub id (owner/name); omit it for the embedded default"
         )
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        hf_config = AutoConfig.from_pretrained(hub)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"unknown model {name!r}: no Hugging Face config found locally or on the hub"
-        ) from err
-    config_from_hf(hf_config)  # the same architecture table as the HookedTransformer path
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(hub)
-        hf = AutoModelForCausalLM.from_pretrained(hub, dtype=dtype or torch.float32)
+    hf, tok = _hf_pretrained(hub, name, dtype or torch.float32)
     return hf, tok, str(name)
 
 
