@@ -23,6 +23,8 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 from scipy import stats as scipy_stats
 
+from tempo_lens.errors import TempoError
+
 EXACT_MAX_N = 14
 
 
@@ -146,7 +148,7 @@ def binomial_ci(successes: int, n: int, *, level: float = 0.95) -> tuple[float, 
     if n == 0:
         return None
     if not 0 <= successes <= n:
-        raise ValueError(f"successes must lie in [0, {n}], got {successes}")
+        raise TempoError(f"successes must lie in [0, {n}], got {successes}")
     ci = scipy_stats.binomtest(int(successes), int(n)).proportion_ci(level, method="exact")
     return float(ci.low), float(ci.high)
 
@@ -165,7 +167,7 @@ def proportion(
         d = describe([float(f) for f in flags], resamples=resamples, seed=seed)
         return {"n": d["n"], "share": d["mean"], "ci95": d["ci95"], "count": count}
     if method != "exact":
-        raise ValueError(f"method must be 'exact' or 'bootstrap', got {method!r}")
+        raise TempoError(f"method must be 'exact' or 'bootstrap', got {method!r}")
     ci = binomial_ci(count, n)
     return {
         "n": n,
@@ -231,7 +233,7 @@ def log_ratio_test(
     Ratios that are NaN, infinite or <= 0 have no log: they are dropped and counted in
     `n_invalid`."""
     if not null > 0:
-        raise ValueError(f"null must be a positive ratio, got {null}")
+        raise TempoError(f"null must be a positive ratio, got {null}")
     r = np.asarray(ratios, dtype=np.float64).ravel()
     valid = np.isfinite(r) & (r > 0)
     logs = np.log(r[valid])
