@@ -18,14 +18,14 @@ tokens (`logits[i]` predicts `targets[i]`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
 
-from tempo_lens.analysis.stats import LogRatioTest, binomial_ci, log_ratio_test, sig
+from tempo_lens.analysis.stats import LogRatioTest, binomial_ci, log_ratio_test, rounded
 from tempo_lens.errors import TempoError
 
 
@@ -69,17 +69,15 @@ class Coherence:
     ppl_ratio: LogRatioTest  # variant / reference perplexity, tested over prompts
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready figures, rounded by `sig`."""
-        return {
-            "n_prompts": self.n_prompts,
-            "n_positions": self.n_positions,
-            "agree": self.agree,
-            "agreement": sig(self.agreement),
-            "agreement_ci": [sig(x) for x in self.agreement_ci],
-            "perplexity_reference_geomean": sig(float(np.exp(np.mean(self.log_ppl_reference)))),
-            "perplexity_variant_geomean": sig(float(np.exp(np.mean(self.log_ppl_variant)))),
-            "ppl_ratio": self.ppl_ratio.summary(),
-        }
+        """JSON-ready figures, rounded by `sig`, with the geometric-mean perplexity of
+        each layout over prompts."""
+        return rounded(
+            {
+                **asdict(self),
+                "perplexity_reference_geomean": float(np.exp(np.mean(self.log_ppl_reference))),
+                "perplexity_variant_geomean": float(np.exp(np.mean(self.log_ppl_variant))),
+            }
+        )
 
 
 def coherence(

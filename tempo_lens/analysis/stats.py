@@ -17,7 +17,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
@@ -37,6 +37,18 @@ def sig(x: float | None, digits: int = 6) -> float | None:
     if not math.isfinite(x) or x == 0:
         return x
     return float(f"{x:.{digits}g}")
+
+
+def rounded(value: Any) -> Any:
+    """`value` with every float rounded by `sig`, through dicts, lists and tuples (tuples
+    become lists): JSON-ready figures from a result's fields."""
+    if isinstance(value, float):
+        return sig(value)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v) for v in value]
+    return value
 
 
 def bootstrap_ci(
@@ -201,20 +213,7 @@ class LogRatioTest:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures, rounded by `sig`."""
-        return {
-            "n": self.n,
-            "n_invalid": self.n_invalid,
-            "null": self.null,
-            "geometric_mean": sig(self.geometric_mean),
-            "ci": [sig(self.ci[0]), sig(self.ci[1])] if self.ci else None,
-            "level": self.level,
-            "mean_log": sig(self.mean_log),
-            "sd_log": sig(self.sd_log),
-            "p": sig(self.p),
-            "t": sig(self.t),
-            "p_t": sig(self.p_t),
-            "d_z": sig(self.d_z),
-        }
+        return rounded(asdict(self))
 
 
 def log_ratio_test(
