@@ -159,7 +159,9 @@ def test_binomial_ci_equals_scipy_binomtest():
         assert S.binomial_ci(k, n) == (pytest.approx(ref.low, abs=1e-15), ref.high)
         ref90 = st.binomtest(k, n).proportion_ci(0.9, method="exact")
         assert S.binomial_ci(k, n, level=0.9) == (ref90.low, ref90.high)
-    lo, hi = S.binomial_ci(3, 64)  # issue 15 point 7: [1.0%, 13.1%]
+    lo, hi = S.binomial_ci(
+        3, 64
+    )  # 3 of 64: [1.0%, 13.1%], where a bootstrap gives 0 as lower bound
     assert (round(lo, 3), round(hi, 3)) == (0.010, 0.131)
     assert S.binomial_ci(0, 0) is None
     with pytest.raises(ValueError):

@@ -358,7 +358,7 @@ def position_matched_received(
     pattern: Float[torch.Tensor, "layers heads n n"], layout: Layout
 ) -> dict[str, Any] | None:
     """Attention received by set members vs single tokens, compared at the same query
-    distance (issue 15 point 2): `matched` (headline, `matched_received_ratio`), the
+    distance: `matched` (headline, `matched_received_ratio`), the
     distance regression as a diagnostic (`regression`, `received_distance_regression`)
     and the raw unmatched ratio of `received_attention` (`raw_token_out`, secondary:
     confounded by position, since members and singles sit at different distances from
