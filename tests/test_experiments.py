@@ -248,20 +248,6 @@ def test_received_attention_known_pattern():
     assert r["token_in"] == pytest.approx(0.1 / ((0.4 + 0.2 + 0.2) / 3))
 
 
-def test_rope_reference_matches_hf_rotary():
-    from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
-
-    cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, rope_theta=10000.0)
-    rot = LlamaRotaryEmbedding(cfg)
-    k = torch.randn(1, 2, 6, 16, dtype=torch.float64)  # [batch, heads, pos, d]
-    pos = torch.tensor([[0, 1, 2, 3, 3, 4]])
-    cos, sin = rot(k.float(), pos)
-    _, ref = apply_rotary_pos_emb(k, k, cos.double(), sin.double())
-    ours = M.rope_reference(k[0].transpose(0, 1), pos[0], 10000.0, 16)
-    assert (ours - ref[0].transpose(0, 1)).abs().max() < 1e-6
-
-
 def test_divergence_step():
     P = tempo_lens.ParallelSet
     a = [P([1], [1.0], 3), P([2, 3], [0.5, 0.4], 4), P([4], [1.0], 5)]

@@ -8,14 +8,20 @@ recomputes it exactly. Shapes: patterns are `[layers, heads, n, n]` (query, key)
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
+from transformer_lens.utilities import get_act_name
 
 from tempo_lens.analysis import metrics
+from tempo_lens.backend import Model
+from tempo_lens.errors import TempoError
 from tempo_lens.generate import forward, generate, next_distribution
 from tempo_lens.layout import Layout, ParallelSet
 
@@ -76,18 +82,36 @@ def generated_rows(layout: Layout) -> torch.Tensor:
     return (layout.step >= 0).nonzero().flatten()
 
 
+def sibling_entries(layout: Layout, rows: torch.Tensor) -> Bool[torch.Tensor, "q n"]:
+    """`[len(rows), n]` True at (query row, key) entries that pair a set member with a
+    sibling: the entries isolation masks, so an isolated vs visible comparison differs
+    there by construction. Pass as `pattern_difference(..., exclude=...)` to leave them
+    out."""
+    return layout.same_set()[rows]
+
+
 def pattern_difference(
-    pat_a: Float[torch.Tensor, "layers heads q k"], pat_b: Float[torch.Tensor, "layers heads q k"]
+    pat_a: Float[torch.Tensor, "layers heads q k"],
+    pat_b: Float[torch.Tensor, "layers heads q k"],
+    exclude: Bool[torch.Tensor, "q k"] | None = None,
 ) -> dict[str, Any]:
     """max |a - b|, mean |a - b| and Pearson correlation per layer and head, over the
-    given query rows and all keys."""
+    given query rows and all keys — except the (query, key) entries marked in `exclude`
+    (e.g. `sibling_entries`), which are left out of every figure."""
     a = pat_a.flatten(2)
     b = pat_b.flatten(2)
+    if exclude is not None:
+        if exclude.shape != pat_a.shape[2:]:
+            raise TempoError(
+                f"exclude must be [q, k] = {list(pat_a.shape[2:])}, got {list(exclude.shape)}"
+            )
+        keep = ~exclude.flatten().to(a.device)
+        a, b = a[..., keep], b[..., keep]
     diff = (a - b).abs()
     ac, bc = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
     denom = (ac.square().sum(-1) * bc.square().sum(-1)).sqrt()
     corr = torch.where(denom > 0, (ac * bc).sum(-1) / denom.clamp_min(1e-300), torch.ones(()))
-    la, lb = pat_a.flatten(1), pat_b.flatten(1)
+    la, lb = a.flatten(1), b.flatten(1)
     lac, lbc = la - la.mean(-1, keepdim=True), lb - lb.mean(-1, keepdim=True)
     ld = (lac.square().sum(-1) * lbc.square().sum(-1)).sqrt()
     lcorr = torch.where(ld > 0, (lac * lbc).sum(-1) / ld.clamp_min(1e-300), torch.ones(()))
@@ -98,7 +122,8 @@ def pattern_difference(
         "head_max_abs_diff": diff.amax(-1).tolist(),
         "head_corr": corr.tolist(),
         "max_abs_diff": float(diff.max()) if diff.numel() else 0.0,
-        "corr": _corr(pat_a.flatten(), pat_b.flatten()),
+        "corr": _corr(a.flatten(), b.flatten()),
+        "n_excluded": int(exclude.sum()) if exclude is not None else 0,
     }
 
 
@@ -204,56 +229,233 @@ def received_attention(
     return out
 
 
-def rope_reference(
-    k: Float[torch.Tensor, "n heads d_head"],
+@dataclass(frozen=True)
+class ReceivedCells:
+    """Attention received by generated keys, one cell per (key, query distance): the
+    head-mean attention a key receives from the query rows of the set `distance` steps
+    later, averaged over those rows, per layer. Concatenate the cells of several layouts
+    (`ReceivedCells.concat`) to pool prompts."""
+
+    attention: Float[torch.Tensor, "cells layers"]
+    distance: torch.Tensor  # `[cells]` query step - key step (>= 1)
+    member: torch.Tensor  # `[cells]` True: the key is in a set of >= 2 members; False: single
+    key: torch.Tensor  # `[cells]` the key's physical index in its layout
+
+    def __len__(self) -> int:
+        return int(self.distance.numel())
+
+    @staticmethod
+    def concat(parts: Sequence[ReceivedCells]) -> ReceivedCells:
+        """The cells of several layouts as one set of cells."""
+        return ReceivedCells(
+            torch.cat([c.attention for c in parts]),
+            torch.cat([c.distance for c in parts]),
+            torch.cat([c.member for c in parts]),
+            torch.cat([c.key for c in parts]),
+        )
+
+
+def received_cells(
+    pattern: Float[torch.Tensor, "layers heads n n"], layout: Layout
+) -> ReceivedCells:
+    """Every (generated key, later step) pair of `layout` as a `ReceivedCells` cell:
+    attention = mean over the query rows of step (key step + distance) of the
+    head-averaged pattern, per layer. Prompt keys are left out (they have no step
+    distance); keys of the last step have no later queries and give no cell."""
+    step = layout.step
+    n_steps = layout.n_steps
+    received = pattern.double().mean(1)  # [layers, q, k]
+    sizes = torch.bincount(step[step >= 0], minlength=n_steps) if n_steps else step[:0]
+    attention, distance, member, key = [], [], [], []
+    for k in (step >= 0).nonzero().flatten().tolist():
+        s = int(step[k])
+        for t in range(s + 1, n_steps):
+            attention.append(received[:, step == t, k].mean(-1))
+            distance.append(t - s)
+            member.append(bool(sizes[s] >= 2))
+            key.append(k)
+    n_layers = pattern.shape[0]
+    return ReceivedCells(
+        torch.stack(attention) if attention else torch.zeros(0, n_layers, dtype=torch.float64),
+        torch.tensor(distance, dtype=torch.long),
+        torch.tensor(member, dtype=torch.bool),
+        torch.tensor(key, dtype=torch.long),
+    )
+
+
+def matched_received_ratio(cells: ReceivedCells) -> dict[str, Any] | None:
+    """Members vs singles at the same query distance: for each distance d where both
+    kinds of key have cells, m_d and s_d = mean attention of member and of single cells
+    at d; the ratio is sum_d w_d m_d / sum_d w_d s_d with w_d = the number of member
+    cells at d (singles re-weighted to the members' distance mix), per layer and over
+    all layers (layer-mean attention first). Member cells at distances without a single
+    are left out and counted. None when no distance has both."""
+    if not len(cells):
+        return None
+    dists = sorted(
+        set(cells.distance[cells.member].tolist()) & set(cells.distance[~cells.member].tolist())
+    )
+    if not dists:
+        return None
+    num = torch.zeros(cells.attention.shape[1], dtype=torch.float64)
+    den = torch.zeros_like(num)
+    by_distance: dict[int, float] = {}
+    used_members = used_singles = 0
+    for d in dists:
+        at = cells.distance == d
+        mem, sgl = cells.attention[at & cells.member], cells.attention[at & ~cells.member]
+        w = mem.shape[0]
+        num += w * mem.mean(0)
+        den += w * sgl.mean(0)
+        by_distance[d] = float(mem.mean() / sgl.mean())
+        used_members += w
+        used_singles += sgl.shape[0]
+    return {
+        "matched": float(num.mean() / den.mean()),
+        "matched_by_layer": (num / den).tolist(),
+        "by_distance": by_distance,
+        "n_member_cells": used_members,
+        "n_single_cells": used_singles,
+        "n_member_cells_unmatched": int(cells.member.sum()) - used_members,
+    }
+
+
+def received_distance_regression(cells: ReceivedCells) -> dict[str, Any] | None:
+    """Diagnostic: least-squares fit log a = b0 + b1 distance + b2 member over cells
+    (a = layer-mean attention; per layer for `member_ratio_by_layer`). Returns
+    `per_step_pct` = (exp(b1) - 1) * 100 (change in received attention per step of query
+    distance), `member_ratio` = exp(b2) (members vs singles at equal distance), R^2 and
+    the number of cells used; cells with zero attention (hidden keys) have no log and are
+    dropped and counted. None without both kinds of key and two distinct distances."""
+    att = cells.attention
+    positive = (att > 0).all(1)
+    dist, mem = cells.distance[positive].double(), cells.member[positive]
+    if not (mem.any() and (~mem).any()) or dist.unique().numel() < 2:
+        return None
+    X = torch.stack([torch.ones_like(dist), dist, mem.double()], 1).numpy()
+
+    def fit(y: np.ndarray) -> tuple[np.ndarray, float]:
+        beta = np.linalg.lstsq(X, y, rcond=None)[0]
+        resid = y - X @ beta
+        ss = float(((y - y.mean()) ** 2).sum())
+        return beta, (1 - float((resid**2).sum()) / ss) if ss > 0 else 1.0
+
+    beta, r2 = fit(att[positive].mean(1).log().numpy())
+    by_layer = [
+        float(np.exp(fit(att[positive, L].log().numpy())[0][2])) for L in range(att.shape[1])
+    ]
+    return {
+        "per_step_pct": float((np.exp(beta[1]) - 1) * 100),
+        "member_ratio": float(np.exp(beta[2])),
+        "member_ratio_by_layer": by_layer,
+        "r2": r2,
+        "n_cells": int(positive.sum()),
+        "n_zero_cells": int((~positive).sum()),
+    }
+
+
+def position_matched_received(
+    pattern: Float[torch.Tensor, "layers heads n n"], layout: Layout
+) -> dict[str, Any] | None:
+    """Attention received by set members vs single tokens, compared at the same query
+    distance: `matched` (headline, `matched_received_ratio`), the
+    distance regression as a diagnostic (`regression`, `received_distance_regression`)
+    and the raw unmatched ratio of `received_attention` (`raw_token_out`, secondary:
+    confounded by position, since members and singles sit at different distances from
+    the later queries). None when the run has no member or no single to compare at a
+    shared distance."""
+    cells = received_cells(pattern, layout)
+    matched = matched_received_ratio(cells)
+    if matched is None:
+        return None
+    raw = received_attention(pattern, layout)
+    return {
+        **matched,
+        "regression": received_distance_regression(cells),
+        "raw_token_out": raw["token_out"] if raw else None,
+        "raw_token_out_by_layer": raw["token_out_by_layer"] if raw else None,
+    }
+
+
+def model_rotation(
+    model: Model,
+    keys: Float[torch.Tensor, "layers n kv_heads d_head"],
     positions: torch.Tensor,
-    base: float,
-    rotary_dim: int,
-    adjacent_pairs: bool = False,
-) -> torch.Tensor:
-    """Rotate keys by the textbook RoPE at `positions`: inv_freq_i = base^(-2i/d) over the
-    first `rotary_dim` dims, rotate-half pairing (dim i with i + d/2, Llama/NeoX) or
-    adjacent pairs (2i, 2i+1, GPT-J). Written from the definition, independent of TL."""
-    k = k.double()
-    d = rotary_dim
-    inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    angle = positions.double()[:, None] * inv_freq[None, :]  # [n, d/2]
-    cos, sin = angle.cos()[:, None, :], angle.sin()[:, None, :]
-    rot, rest = k[..., :d], k[..., d:]
-    if adjacent_pairs:
-        x1, x2 = rot[..., 0::2], rot[..., 1::2]
-        out = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).flatten(-2)
-    else:
-        x1, x2 = rot[..., : d // 2], rot[..., d // 2 :]
-        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
-    return torch.cat([out, rest], -1)
+) -> Float[torch.Tensor, "layers n kv_heads d_head"]:
+    """The model's own rotary rotation of un-rotated `keys` (as captured at `hook_k`) at
+    integer `positions`: each key is written into `hook_k` of a plain forward (positions
+    0, 1, 2, ...) at the physical index equal to its position, and read back at
+    `hook_rot_k`. Keys sharing a position go into separate forwards. Nothing here knows
+    the rotary variant: the model applies its own (partial, NTK-by-parts, YaRN, ...)."""
+    pos = positions.flatten()
+    if pos.is_floating_point():
+        if not torch.equal(pos, pos.round()):
+            raise TempoError("model_rotation reads the model's rotation at integer positions")
+        pos = pos.long()
+    if pos.numel() == 0:
+        return keys.clone()
+    n_layers = keys.shape[0]
+    length = int(pos.max()) + 1
+    seen: Counter[int] = Counter()
+    rank = torch.zeros_like(pos)
+    for i, p in enumerate(pos.tolist()):
+        rank[i] = seen[p]  # how many earlier keys share this position
+        seen[p] += 1
+    out = torch.empty_like(keys)
+    plain = Layout.from_prompt(torch.zeros(length, dtype=torch.long))
+    for r in range(int(rank.max()) + 1):
+        which = (rank == r).nonzero().flatten()
+        at = pos[which]
+
+        def patch(k: torch.Tensor, hook: Any, layer: int, which=which, at=at) -> torch.Tensor:
+            k = k.clone()
+            k[0, at.to(k.device)] = keys[layer, which].to(device=k.device, dtype=k.dtype)
+            return k
+
+        hooks = [
+            (get_act_name("k", layer), partial(patch, layer=layer)) for layer in range(n_layers)
+        ]
+        _, cache = forward(model, plain, isolate=False, fwd_hooks=hooks, cache=["hook_rot_k"])
+        for layer in range(n_layers):
+            rot = cache[get_act_name("rot_k", layer)][0]
+            out[layer, which] = rot[at.to(rot.device)].to(out)
+    return out
 
 
-def rope_check(model: Any, layout: Layout, isolate: bool = True) -> dict[str, Any]:
+def rope_check(model: Model, layout: Layout, isolate: bool = True) -> dict[str, Any]:
     """Position sharing read off the model: the rotated keys (`hook_rot_k`) of generated
-    tokens vs a reference rotation of the unrotated keys (`hook_k`) at the LOGICAL
-    position (must agree to float error) and at the PHYSICAL position (must differ
-    wherever the two differ)."""
-    cfg = model.cfg
-    _, acts = replay(model, layout, isolate, ("hook_k", "hook_rot_k"))
+    tokens vs the model's own rotation (`model_rotation`) of their un-rotated keys
+    (`hook_k`) at the LOGICAL position (must agree to float error) and at the PHYSICAL
+    position (must differ wherever the two differ). `reference_valid` is False when some
+    logical position is fractional (the model's own rotation is read at integer
+    positions only; those keys are left out of the logical check). A model without
+    `hook_rot_k` (learned positions, or a bridge architecture that exposes no rotary
+    hook) raises a TempoError."""
+    no_hook = TempoError(
+        "the positions check reads rotated keys at hook_rot_k, which this model does not "
+        "have or never fires; use a rotary model (on the bridge: one whose attention runs "
+        "hook_rot_k)"
+    )
+    if get_act_name("rot_k", 0) not in model.hook_dict:
+        raise no_hook
+    try:
+        _, acts = replay(model, layout, isolate, ("hook_k", "hook_rot_k"))
+    except KeyError:  # the hook point exists but the forward never ran it
+        raise no_hook from None
+    n = len(layout)
     gen = generated_rows(layout)
-    shifted = gen[layout.positions[gen] != torch.arange(len(layout))[gen]]
-    phys = torch.arange(len(layout))
-    err_logical, diff_physical, scale = [], [], []
-    for layer in range(cfg.n_layers):
-        k, rot = acts["hook_k"][layer], acts["hook_rot_k"][layer]
-        base = float(cfg.rotary_base)
-        ref_log = rope_reference(
-            k, layout.positions, base, cfg.rotary_dim, cfg.rotary_adjacent_pairs
-        )
-        ref_phy = rope_reference(k, phys, base, cfg.rotary_dim, cfg.rotary_adjacent_pairs)
-        err_logical.append(float((rot[gen] - ref_log[gen]).abs().max()))
-        diff_physical.append(
-            float((rot[shifted] - ref_phy[shifted]).abs().amax((1, 2)).min())
-            if len(shifted)
-            else 0.0
-        )
-        scale.append(float(rot[gen].abs().max()))
+    positions = layout.positions
+    integral = positions == positions.round()
+    shifted = gen[positions[gen] != torch.arange(n)[gen]]
+    checked = gen[integral[gen]]
+    k, rot = acts["hook_k"], acts["hook_rot_k"]
+    ref_log = model_rotation(model, k[:, checked], positions[checked].round().long())
+    ref_phy = model_rotation(model, k[:, shifted], shifted)
+    err_logical = (rot[:, checked] - ref_log).abs().flatten(1).amax(1)
+    if len(shifted):
+        diff_physical = (rot[:, shifted] - ref_phy).abs().amax((2, 3)).amin(1).tolist()
+    else:
+        diff_physical = [0.0] * k.shape[0]
     sets = {}
     for s in range(layout.n_steps):
         sl = layout.set_slice(s)
@@ -261,13 +463,13 @@ def rope_check(model: Any, layout: Layout, isolate: bool = True) -> dict[str, An
     return {
         "n_generated": int(len(gen)),
         "n_shifted": int(len(shifted)),
-        "max_err_logical_by_layer": err_logical,
-        "max_err_logical": max(err_logical),
+        "max_err_logical_by_layer": err_logical.tolist(),
+        "max_err_logical": float(err_logical.max()),
         "min_diff_physical_by_layer": diff_physical,
         "min_diff_physical": min(diff_physical),
-        "key_scale": max(scale),
+        "key_scale": float(rot[:, gen].abs().max()),
         "set_positions": [sets[s] for s in sorted(sets)],
-        "reference_valid": not (cfg.use_NTK_by_parts_rope or getattr(cfg, "use_yarn_rope", False)),
+        "reference_valid": bool(integral[gen].all()),
     }
 
 

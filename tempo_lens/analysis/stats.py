@@ -1,10 +1,14 @@
 """Statistics for experiments across prompts: paired tests, bootstrap confidence
-intervals, effect sizes and the repetition-collapse flag.
+intervals, effect sizes, exact binomial intervals, tests on log ratios, Holm correction
+within a family of tests, and the repetition-collapse flag.
 
-Everything is seeded (`seed`) so a re-run reproduces every figure exactly. No scipy: the
-paired test is a sign-flip permutation test on the mean difference (exact enumeration
-for n <= 14, else `permutations` random flips), which needs no distributional assumption
-— generation metrics across prompts are skewed and heavy-tailed.
+Everything is seeded (`seed`) so a re-run reproduces every figure exactly. The paired
+test is a sign-flip permutation test on the mean difference (exact enumeration for
+n <= 14, else `permutations` random flips), which needs no distributional assumption —
+generation metrics across prompts are skewed and heavy-tailed. Ratios are tested on the
+log scale (`log_ratio_test`): averaging `ratio - 1` treats 0.5x and 2x asymmetrically.
+scipy backs what it has (Clopper–Pearson via `binomtest`, the t test); tests/test_stats.py
+checks every public function here against scipy.
 """
 
 from __future__ import annotations
@@ -12,10 +16,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
+from scipy import stats as scipy_stats
+
+from tempo_lens.errors import TempoError
 
 EXACT_MAX_N = 14
 
@@ -29,6 +37,18 @@ def sig(x: float | None, digits: int = 6) -> float | None:
     if not math.isfinite(x) or x == 0:
         return x
     return float(f"{x:.{digits}g}")
+
+
+def rounded(value: Any) -> Any:
+    """`value` with every float rounded by `sig`, through dicts, lists and tuples (tuples
+    become lists): JSON-ready figures from a result's fields."""
+    if isinstance(value, float):
+        return sig(value)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v) for v in value]
+    return value
 
 
 def bootstrap_ci(
@@ -133,10 +153,194 @@ def paired(
     }
 
 
-def proportion(flags: Sequence[bool], *, resamples: int = 2000, seed: int = 42) -> dict[str, Any]:
-    """Share of True with its bootstrap 95% CI."""
-    d = describe([float(f) for f in flags], resamples=resamples, seed=seed)
-    return {"n": d["n"], "share": d["mean"], "ci95": d["ci95"], "count": int(sum(flags))}
+def binomial_ci(successes: int, n: int, *, level: float = 0.95) -> tuple[float, float] | None:
+    """Exact (Clopper–Pearson) confidence interval of a proportion `successes / n`, from
+    `scipy.stats.binomtest(...).proportion_ci(method="exact")`; None when n is 0. Unlike a
+    bootstrap it never collapses to [0, 0] or [1, 1] and covers at least `level`."""
+    if n == 0:
+        return None
+    if not 0 <= successes <= n:
+        raise TempoError(f"successes must lie in [0, {n}], got {successes}")
+    ci = scipy_stats.binomtest(int(successes), int(n)).proportion_ci(level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def proportion(
+    flags: Sequence[bool],
+    *,
+    method: Literal["exact", "bootstrap"] = "exact",
+    resamples: int = 2000,
+    seed: int = 42,
+) -> dict[str, Any]:
+    """Share of True with its 95% CI: exact Clopper–Pearson (`binomial_ci`, default) or,
+    `method="bootstrap"`, the percentile bootstrap of the mean (`resamples`, `seed`)."""
+    count, n = int(sum(bool(f) for f in flags)), len(flags)
+    if method == "bootstrap":
+        d = describe([float(f) for f in flags], resamples=resamples, seed=seed)
+        return {"n": d["n"], "share": d["mean"], "ci95": d["ci95"], "count": count}
+    if method != "exact":
+        raise TempoError(f"method must be 'exact' or 'bootstrap', got {method!r}")
+    ci = binomial_ci(count, n)
+    return {
+        "n": n,
+        "share": sig(count / n) if n else None,
+        "ci95": [sig(ci[0]), sig(ci[1])] if ci else None,
+        "count": count,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Log ratios and families of tests
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogRatioTest:
+    """Paired ratios tested on the log scale (`log_ratio_test`)."""
+
+    n: int  # ratios used: finite and > 0
+    n_invalid: int  # ratios dropped (NaN, inf, <= 0): counted, never silently lost
+    null: float  # the ratio under H0
+    geometric_mean: float | None  # exp(mean log ratio)
+    ci: tuple[float, float] | None  # exp of the bootstrap CI of the mean log ratio
+    level: float
+    mean_log: float | None
+    sd_log: float | None
+    p: float | None  # sign-flip p of the log ratios around log(null)
+    t: float | None  # one-sample t statistic of the logs against log(null)
+    p_t: float | None  # its two-sided p
+    d_z: float | None  # mean / SD of log(ratio) - log(null)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures, rounded by `sig`."""
+        return rounded(asdict(self))
+
+
+def log_ratio_test(
+    ratios: Sequence[float],
+    null: float = 1.0,
+    *,
+    resamples: int = 2000,
+    permutations: int = 10000,
+    seed: int = 42,
+    level: float = 0.95,
+) -> LogRatioTest:
+    """Test paired ratios (one per prompt, e.g. a / b) against `null` on the log scale:
+    the geometric-mean ratio exp(mean log r) with exp of the percentile-bootstrap CI of
+    mean log r (`bootstrap_ci`), the sign-flip p of log r - log(null) (`sign_flip_p`:
+    exact for n <= 14) and a one-sample t test of the logs (`scipy.stats.ttest_1samp`).
+    Ratios that are NaN, infinite or <= 0 have no log: they are dropped and counted in
+    `n_invalid`."""
+    if not null > 0:
+        raise TempoError(f"null must be a positive ratio, got {null}")
+    r = np.asarray(ratios, dtype=np.float64).ravel()
+    valid = np.isfinite(r) & (r > 0)
+    logs = np.log(r[valid])
+    d = logs - math.log(null)
+    n = int(logs.size)
+    ci = bootstrap_ci(logs, resamples=resamples, seed=seed, level=level)
+    t = p_t = None
+    if n >= 2 and d.std(ddof=1) > 0:
+        res = scipy_stats.ttest_1samp(d, 0.0)
+        t, p_t = float(res.statistic), float(res.pvalue)
+    return LogRatioTest(
+        n=n,
+        n_invalid=int(r.size - n),
+        null=float(null),
+        geometric_mean=float(np.exp(logs.mean())) if n else None,
+        ci=(math.exp(ci[0]), math.exp(ci[1])) if ci else None,
+        level=level,
+        mean_log=float(logs.mean()) if n else None,
+        sd_log=float(logs.std(ddof=1)) if n >= 2 else None,
+        p=sign_flip_p(d, permutations=permutations, seed=seed),
+        t=t,
+        p_t=p_t,
+        d_z=cohens_dz(d),
+    )
+
+
+@dataclass(frozen=True)
+class HolmResult:
+    """Holm step-down adjustment of one family of p-values (`holm`)."""
+
+    p: tuple[float | None, ...]  # as given; None = no test possible, not in the family
+    p_adjusted: tuple[float | None, ...]
+    reject: tuple[bool, ...]  # p_adjusted <= alpha (False where p is None)
+    alpha: float
+    m: int  # family size: the p-values that are not None
+
+
+def holm(p_values: Sequence[float | None], *, alpha: float = 0.05) -> HolmResult:
+    """Holm's step-down adjustment: with the m non-None p-values sorted ascending,
+    p_adj(i) = max over j <= i of min(1, (m - j + 1) p(j)) (ranks from 1), and H(i) is
+    rejected where p_adj(i) <= alpha — the same decisions as stopping at the first
+    p(i) > alpha / (m - i + 1). Controls the family-wise error rate at alpha under any
+    dependence. None entries stay None and are not counted in m."""
+    given = tuple(None if p is None else float(p) for p in p_values)
+    idx = [i for i, p in enumerate(given) if p is not None]
+    m = len(idx)
+    adjusted: list[float | None] = [None] * len(given)
+    if m:
+        p = np.array([given[i] for i in idx])
+        order = np.argsort(p, kind="stable")
+        scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+        for rank, value in zip(order, np.maximum.accumulate(scaled), strict=True):
+            adjusted[idx[rank]] = float(value)
+    reject = tuple(a is not None and a <= alpha for a in adjusted)
+    return HolmResult(given, tuple(adjusted), reject, alpha, m)
+
+
+T = TypeVar("T")
+
+
+def p_value_of(result: Any) -> float | None:
+    """The p-value of a test result: its `.p`, or its `["p"]` for the dict summaries
+    (`one_sample`, `paired`)."""
+    return result["p"] if isinstance(result, Mapping) else result.p
+
+
+@dataclass(frozen=True)
+class FamilyResult(Generic[T]):
+    """One test per element of a family (e.g. per layer), Holm-corrected (`holm_family`)."""
+
+    labels: tuple[Hashable, ...]
+    tests: tuple[T, ...]
+    holm: HolmResult
+
+    def significant(self) -> list[Hashable]:
+        """Labels whose Holm-adjusted p is <= alpha."""
+        return [lab for lab, rej in zip(self.labels, self.holm.reject, strict=True) if rej]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: alpha, family size, the significant labels and, per element, its
+        test's figures with `p_holm` and `reject`."""
+        elements = []
+        for lab, test, adj, rej in zip(
+            self.labels, self.tests, self.holm.p_adjusted, self.holm.reject, strict=True
+        ):
+            figures = dict(test) if isinstance(test, Mapping) else test.summary()  # type: ignore[attr-defined]
+            elements.append({"label": lab, **figures, "p_holm": sig(adj), "reject": rej})
+        return {
+            "alpha": self.holm.alpha,
+            "m": self.holm.m,
+            "significant": self.significant(),
+            "elements": elements,
+        }
+
+
+def holm_family(
+    samples: Mapping[Hashable, Sequence[float]],
+    test: Callable[[Sequence[float]], T] = log_ratio_test,  # type: ignore[assignment]
+    *,
+    alpha: float = 0.05,
+) -> FamilyResult[T]:
+    """Run `test` on each element's sample (e.g. `{layer: per-prompt ratios}`; default
+    `log_ratio_test`, or `one_sample` / any function whose result has `.p` or `["p"]`)
+    and Holm-correct the p-values within this family (`holm`). Elements keep the
+    mapping's order."""
+    labels = tuple(samples)
+    tests = tuple(test(samples[lab]) for lab in labels)
+    return FamilyResult(labels, tests, holm([p_value_of(t) for t in tests], alpha=alpha))
 
 
 # ---------------------------------------------------------------------------------------
