@@ -4,6 +4,7 @@ against scipy's Welch test computed from raw samples."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from scipy import stats as sps
 _PATH = Path(__file__).parents[1] / "experiments" / "seed_study" / "verdicts.py"
 _spec = importlib.util.spec_from_file_location("seed_study_verdicts", _PATH)
 verdicts = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = verdicts  # dataclasses look their module up
 _spec.loader.exec_module(verdicts)
 
 
