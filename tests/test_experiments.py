@@ -15,8 +15,8 @@ import tempo_lens
 from tempo_lens import Layout, TempoError
 from tempo_lens.analysis import measures as M
 from tempo_lens.analysis import stats as S
-from tempo_lens.analysis.config import load_config, resolve
-from tempo_lens.analysis.experiment import run_experiment
+from tempo_lens.analysis.experiments.config import load_config, resolve
+from tempo_lens.analysis.experiments.runner import run_experiment
 from tempo_lens.analysis.findings import build
 from tempo_lens.testing import tiny_hf_model, tiny_model
 from tests.reference import tempo_inputs
@@ -58,7 +58,7 @@ def _without_timing(summary):
         (_sweep_raw(next_form=["last"]), "'next_from'"),
         (_sweep_raw(timing_rep=3), "'timing_reps'"),  # a kind-specific key
         (_sweep_raw(kind="swep"), "'sweep'"),
-        (_sweep_raw(modes=["isolate"]), "'isolated'"),
+        (_sweep_raw(kind="positions", modes=["isolate"]), "'isolated'"),
     ],
 )
 def test_misspelled_key_names_the_right_one(raw, named):
@@ -72,7 +72,7 @@ def test_schema_rejects_bad_values_and_fills_defaults():
     with pytest.raises(TempoError, match="thresholds.0: Input should be less than or equal to 1"):
         resolve(_sweep_raw(thresholds=[1.5]))
     with pytest.raises(TempoError, match="'timing_reps'"):
-        resolve(_sweep_raw(kind="attention", timing_rep=1))
+        resolve(_sweep_raw(kind="logits", timing_rep=1))
     c = resolve({"name": "x", "kind": "positions", "prompts": "one prompt", "thresholds": 0.2})
     assert c["thresholds"] == [0.2] and c["modes"] == ["isolated", "visible"]
     assert c["tolerance"] == 1e-3 and c["max_steps"] == 15 and c["seed"] == 42

@@ -16,8 +16,8 @@ import yaml
 
 import tempo_lens as tl
 from tempo_lens import TempoError
-from tempo_lens.analysis.config import load_config, resolve
-from tempo_lens.analysis.experiment import default_out, load_summary, run_experiment
+from tempo_lens.analysis.experiments.config import load_config, resolve
+from tempo_lens.analysis.experiments.runner import default_out, load_summary, run_experiment
 from tempo_lens.analysis.findings import write_findings
 from tempo_lens.cli import main
 from tempo_lens.testing import tiny_model

@@ -22,7 +22,7 @@ HEADLINE = "t0.1/mixture"
 
 
 def _load(d: Path) -> dict[str, Any]:
-    from tempo_lens.analysis.experiment import load_summary
+    from tempo_lens.analysis.experiments.runner import load_summary
 
     return load_summary(d)
 
