@@ -155,7 +155,7 @@ def _experiment_state(out: Path) -> str:
         load_summary(out)
         steps = yaml.safe_load((out / "config.yaml").read_text())["max_steps"]
         runs = sorted((out / "runs").iterdir())
-        if len(runs) != 12 or any(tl.load_run(r).config["max_steps"] != steps for r in runs):
+        if len(runs) != 12 or any(tl.load_run(r).config.max_steps != steps for r in runs):
             return "partial"
     except (TempoError, OSError, KeyError):
         return "partial"

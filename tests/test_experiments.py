@@ -200,7 +200,7 @@ def test_sweep_resumes_and_recomputes_identically(llama, tmp_path):
     runs = sorted((out / "runs").iterdir())
     assert len(runs) == 8
     loaded = tempo_lens.load_run(runs[0])
-    assert loaded.config["max_steps"] == 4
+    assert loaded.config.max_steps == 4
 
     # an interrupted sweep: one run missing -> only that one is generated again
     import shutil

@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from tempo_lens.analysis import stats
+
+T = TypeVar("T")
+
+
+def sections(
+    heading: str, items: Iterable[T], lines: Callable[[T], list[str]], tail: Iterable[str] = ()
+) -> str:
+    """A report body: `heading`, each item's `lines(item)`, then `tail`."""
+    out = [heading, ""]
+    for item in items:
+        out += lines(item)
+    return "\n".join([*out, *tail])
+
+
+def sections_report(
+    heading: str,
+    key: str,
+    lines: Callable[[dict[str, Any]], list[str]],
+    tail: Callable[[dict[str, Any]], list[str]] | None = None,
+) -> Callable[[dict[str, Any], dict[str, Any]], str]:
+    """A kind's `report`: `heading`, `lines(item)` for each item of `summary[key]`, then
+    `tail(summary)`."""
+
+    def report(summary: dict[str, Any], section: dict[str, Any]) -> str:
+        return sections(heading, summary[key], lines, tail(summary) if tail else ())
+
+    return report
 
 
 def fmt(x: Any) -> str:
@@ -23,6 +51,14 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def layer_table(columns: dict[str, list[Any]]) -> str:
+    """A markdown table of per-layer figures: a `layer` column, then each named column's
+    value at that layer (a column shorter than the first shows `-`)."""
+    n = len(next(iter(columns.values())))
+    rows = [[L, *(c[L] if L < len(c) else "-" for c in columns.values())] for L in range(n)]
+    return table(["layer", *columns], rows)
 
 
 def rounded(x: Any) -> Any:
