@@ -30,11 +30,10 @@ from pydantic import (
 from tempo_lens.analysis.experiments.kind import Kind, PositiveInt
 from tempo_lens.analysis.experiments.registry import kind as find_kind
 from tempo_lens.analysis.experiments.registry import names
+from tempo_lens.config import MODES, Mode
 from tempo_lens.errors import TempoError
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
-
-MODES = ("isolated", "visible")
 
 # Keys that take a list; a scalar given for one is read as a one-element list.
 LIST_KEYS = ("thresholds", "modes", "next_from", "prompts", "categories")
@@ -74,7 +73,7 @@ class CommonKeys(BaseModel):
     # logical steps per run
     max_steps: Annotated[StrictInt, Field(ge=1, le=100_000)] = 15
     # isolated and/or visible
-    modes: list[Literal["isolated", "visible"]] = Field(default=list(MODES), min_length=1)
+    modes: list[Mode] = Field(default=list(MODES), min_length=1)
     # mixture, last and/or first (docs/design.md selection rule)
     next_from: list[Literal["mixture", "last", "first"]] = Field(default=["mixture"], min_length=1)
     # cap on set size (None = no cap)

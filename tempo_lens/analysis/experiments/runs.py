@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tempo_lens.config import Mode, isolate_of
 from tempo_lens.errors import TempoError
 from tempo_lens.generate import generate, tokenize
 from tempo_lens.run import TempoRun, load_run, save_run
@@ -36,7 +37,7 @@ class RunSpec:
     prompt_id: str
     category: str
     prompt: str
-    mode: str
+    mode: Mode
     threshold: float
     next_from: str
 
@@ -46,11 +47,11 @@ class RunSpec:
 
     @property
     def isolate(self) -> bool:
-        return self.mode == "isolated"
+        return isolate_of(self.mode)
 
 
 def grid(
-    section: dict[str, Any], modes: Iterable[str] | None = None, order: str = "prompt"
+    section: dict[str, Any], modes: Iterable[Mode] | None = None, order: str = "prompt"
 ) -> list[RunSpec]:
     """Every run of the config, modes innermost (an interrupted sweep leaves complete
     pairs). `order="prompt"`: all settings of prompt 0, then prompt 1, ...;
@@ -210,7 +211,7 @@ def ensure_runs(
     out_dir: Path,
     progress: bool,
     *,
-    modes: Iterable[str] | None = None,
+    modes: Iterable[Mode] | None = None,
     cache: list[str] | None = None,
     keep_logits: bool = False,
     order: str = "prompt",
