@@ -376,12 +376,6 @@ def _wall_time(t: dict[str, Any], sweep: dict[str, Any]) -> list[str]:
         f"{(t.get('sum_of_run_seconds', 0) + t.get('analysis_seconds', 0)) / 60:.1f} min "
         "(generation + analysis) on this machine.",
     ]
-    if t.get("stopped_by_time_budget"):
-        lines.append(
-            f"The sweep hit its time budget (`time_budget_minutes`) before finishing: "
-            f"{sweep['n_pairs_analysed']} of {sweep['n_pairs_planned']} pairs are analysed, "
-            "and every n above is the true count. Re-running the command resumes the rest."
-        )
     return lines + [""]
 
 

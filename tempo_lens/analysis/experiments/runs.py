@@ -56,8 +56,8 @@ def grid(
     """Every run of the config, modes innermost (an interrupted sweep leaves complete
     pairs). `order="prompt"`: all settings of prompt 0, then prompt 1, ...;
     `order="config"`: every prompt at the first (threshold, next_from), then the next,
-    in the order the config lists them — a cut-short sweep then has the whole suite for
-    its first settings."""
+    in the order the config lists them — an interrupted sweep then has the whole suite
+    for its first settings."""
     modes = list(modes or section["modes"])
     settings = [(float(t), nf) for t in section["thresholds"] for nf in section["next_from"]]
     prompts = section["prompts"]
