@@ -32,6 +32,9 @@ from tempo_lens.analysis.experiments.runs import RunSpec, ensure_runs, grid, pai
 from tempo_lens.errors import TempoError
 from tempo_lens.run import TempoRun
 
+Section = dict[str, Any]  # a resolved config (`Kind.run`)
+Summary = dict[str, Any]  # a kind's JSON-able figures
+
 # Common keys of the resampling statistics, which only the sweep reads.
 STATS = ("seed", "bootstrap", "permutations")
 
@@ -171,9 +174,7 @@ def _attention_lines(p: dict[str, Any]) -> list[str]:
     ]
 
 
-def attention_kind(
-    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
-) -> dict[str, Any]:
+def attention_kind(model: Any, section: Section, out_dir: Path, progress: bool) -> Summary:
     """Hypothesis A: are isolated and visible attention patterns the same?"""
     runs = ensure_runs(
         model, section, out_dir, progress, modes=["isolated", "visible"], cache=["hook_pattern"]
@@ -294,9 +295,7 @@ def _timing_lines(summary: dict[str, Any]) -> list[str]:
     ]
 
 
-def logits_kind(
-    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
-) -> dict[str, Any]:
+def logits_kind(model: Any, section: Section, out_dir: Path, progress: bool) -> Summary:
     """Hypothesis B: are the modes' next-token distributions the same?"""
     runs = ensure_runs(
         model, section, out_dir, progress, modes=["isolated", "visible"], keep_logits=True
@@ -359,9 +358,7 @@ def _cross_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def cross_parallel_kind(
-    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
-) -> dict[str, Any]:
+def cross_parallel_kind(model: Any, section: Section, out_dir: Path, progress: bool) -> Summary:
     """Hypothesis C: how much attention do visible set members pay each other?"""
     results = []
     for spec, run in _grid_runs(model, section, out_dir, progress, cache=["hook_pattern"]):
@@ -429,9 +426,7 @@ def _positions_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def positions_kind(
-    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
-) -> dict[str, Any]:
+def positions_kind(model: Any, section: Section, out_dir: Path, progress: bool) -> Summary:
     """Hypothesis D: do set members really share one position inside the model?"""
     if not model.cfg.positional_embedding_type == "rotary":
         raise TempoError("the positions kind checks rotated keys; use a rotary model")
@@ -472,9 +467,7 @@ def _high_lines(p: dict[str, Any]) -> list[str]:
     ]
 
 
-def high_parallelism_kind(
-    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
-) -> dict[str, Any]:
+def high_parallelism_kind(model: Any, section: Section, out_dir: Path, progress: bool) -> Summary:
     """Low threshold, big sets: do the modes still agree, and at what cost?"""
     runs = ensure_runs(model, section, out_dir, progress, modes=["isolated", "visible"])
     results = []
