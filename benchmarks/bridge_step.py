@@ -6,7 +6,7 @@ One TEMPO step = one `Decoder` forward of a `--width`-member set (isolated) on t
 cached `--context`-token prefix: the bridge on Hugging Face's DynamicCache with
 `position_ids` and an explicit 4D mask, HookedTransformer on TL's KV cache with the
 position hooks. Both load the same weights through `load_model` (processed, as users get
-them). Samples are interleaved (`tempo_lens.bench.measure`: forward order on even
+them). Samples are interleaved (`benchmarks/bench.py`'s `measure`: forward order on even
 repetitions, reverse on odd), the prefix is rebuilt untimed before every sample, and the
 ratio bridge / hooked is reported as the median of per-repetition ratios with a bootstrap
 95% CI. Needs TransformerLens 3.x, where both backends exist.
@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 import torch
+from bench import Case, measure  # benchmarks/bench.py, beside this script
 
 from tempo_lens import Layout, load_model
 from tempo_lens.backend import tl_major_version
-from tempo_lens.bench import Case, measure
 from tempo_lens.generate import Decoder
 
 
@@ -45,7 +45,7 @@ def step_case(model, prefix: Layout, members: list[int], isolate: bool) -> Case:
     def step() -> torch.Tensor:
         dec = state["dec"]
         dec.append([members], [prefix.next_position], 0)
-        return dec.forward()[0]
+        return dec.forward()
 
     reset()
     return Case(step=step, reset=reset)

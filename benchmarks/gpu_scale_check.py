@@ -76,7 +76,7 @@ def main() -> None:
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     import tempo_lens as tl
-    from tempo_lens.generate import _model_forward, mechanism_hooks
+    from tempo_lens.generate import mechanism_hooks, model_forward
     from tempo_lens.loading import model_from_hf
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,15 +113,15 @@ def main() -> None:
     # Step timing: a prefix of 256 tokens in the cache, then one step of k = 4 (or greedy).
     prefix = tl.Layout.from_prompt(torch.randint(0, 128000, (256,), generator=g))
     kv = TransformerLensKeyValueCache.init_cache(model.cfg, args.device, 1)
-    _model_forward(model, prefix, len(prefix), [], kv)
+    model_forward(model, prefix, len(prefix), [], kv)
     kv.freeze()
     greedy = prefix.append_set([5])
     step4 = prefix.append_set([5, 6, 7, 8])
 
     def tempo(isolate: bool):
-        return lambda: _model_forward(model, step4, 4, mechanism_hooks(model, step4, isolate), kv)
+        return lambda: model_forward(model, step4, 4, mechanism_hooks(model, step4, isolate), kv)
 
-    greedy_fn = lambda: _model_forward(model, greedy, 1, [], kv)  # noqa: E731
+    greedy_fn = lambda: model_forward(model, greedy, 1, [], kv)  # noqa: E731
     for fn in (greedy_fn, tempo(True), tempo(False)):
         _time(fn, 3)  # warm-up
     res = {"greedy": [], "iso": [], "vis": []}

@@ -38,12 +38,10 @@ LAUNCH = (
 
 
 def subset_config(config: Path, max_prompts: int | None, out: Path) -> Path:
-    """The config with `max_prompts`, no time budget, and its prompt suite made absolute."""
+    """The config with `max_prompts` and its prompt suite made absolute."""
     raw = yaml.safe_load(config.read_text())
     if max_prompts is not None:
         raw["max_prompts"] = max_prompts
-    if "time_budget_minutes" in raw:
-        raw["time_budget_minutes"] = None
     if raw.get("prompt_suite"):
         raw["prompt_suite"] = str((config.parent / raw["prompt_suite"]).resolve())
     path = out / config.name

@@ -257,8 +257,8 @@ KIND_CONFIGS = sorted((ROOT / "experiments" / "ablations").glob("*.yaml"))
 def test_config_kind_runs_on_tiny(config, tmp_path):
     import yaml
 
-    from tempo_lens.analysis.config import resolve
-    from tempo_lens.analysis.experiment import run_experiment
+    from tempo_lens.analysis.experiments.config import resolve
+    from tempo_lens.analysis.experiments.runner import run_experiment
 
     raw = yaml.safe_load(config.read_text())
     raw.pop("prompt_suite", None)

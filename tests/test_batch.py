@@ -234,7 +234,7 @@ def test_layer_patching_batched_over_prompts_equals_one_by_one(tiny_pair):
 
 
 def test_generate_unit_batches_and_keeps_order(tiny_pair):
-    from tempo_lens.analysis.experiment import RunOptions, RunSpec, generate_unit
+    from tempo_lens.analysis.experiments.runs import RunOptions, RunSpec, generate_unit
 
     model, _, _ = tiny_pair
     specs = [

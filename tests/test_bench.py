@@ -1,4 +1,5 @@
-"""The benchmark code path on a tiny model: structure and self-consistency, no timings."""
+"""The benchmark code path (benchmarks/bench.py, loaded by path) on a tiny model:
+structure and self-consistency, no timings."""
 
 from __future__ import annotations
 
@@ -7,18 +8,14 @@ import math
 
 import pytest
 
-from tempo_lens.bench import (
-    MODES,
-    TARGETS,
-    BenchConfig,
-    Case,
-    measure,
-    ratio_interval,
-    run_benchmark,
-    write_result,
-)
 from tempo_lens.errors import TempoError
 from tempo_lens.testing import tiny_hf_model, tiny_model
+from tests.scripts import load_script
+
+bench = load_script("benchmarks/bench.py")
+MODES, TARGETS, BenchConfig, Case = bench.MODES, bench.TARGETS, bench.BenchConfig, bench.Case
+measure, ratio_interval, run_benchmark = bench.measure, bench.ratio_interval, bench.run_benchmark
+write_result = bench.write_result
 
 CFG = BenchConfig(
     context=24,
@@ -133,3 +130,26 @@ def test_ratio_interval_resamples_repetitions_in_pairs() -> None:
     assert wide["noisy"]
     with pytest.raises(TempoError, match="same number"):
         ratio_interval([1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--reps", "3"], "--reps 3: medians need at least 5 repetitions"),
+        (["--batches", "1,x"], "--batches '1,x': give sizes like 1,4,16,64"),
+        (["--threads", "0"], "--threads must be >= 1"),
+    ],
+)
+def test_script_errors_are_one_line(capsys, tmp_path, argv, message) -> None:
+    if not bench_backend():
+        pytest.skip("benchmarks/bench.py needs the HookedTransformer backend")
+    assert bench.main([*argv, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bench.py: error: {message}\n"
+    assert not (tmp_path / "b").exists()
+
+
+def bench_backend() -> bool:
+    from tempo_lens.backend import has_hooked_transformer
+
+    return has_hooked_transformer()

@@ -128,7 +128,8 @@ def test_help_imports_neither_torch_nor_transformer_lens():
         "        pass\n"
         "import tempo_lens\n"
         "heavy = [m for m in ('torch', 'transformer_lens', 'transformers') if m in sys.modules]\n"
-        "print(heavy, 'report' in out.getvalue() and 'bench' in out.getvalue())\n"
+        "names = ('info', 'generate', 'experiment', 'report')\n"
+        "print(heavy, all(c in out.getvalue() for c in names))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="."
@@ -136,14 +137,16 @@ def test_help_imports_neither_torch_nor_transformer_lens():
     assert result.stdout.strip() == "[] True"
 
 
-def test_optional_command_table_matches_the_modules():
-    import importlib
+def test_every_command_is_listed_and_the_moved_ones_are_gone(capsys):
+    from tempo_lens.cli import COMMANDS, build_parser
 
-    from tempo_lens.cli import OPTIONAL_COMMANDS
-
-    for name, (module, help_text) in OPTIONAL_COMMANDS.items():
-        commands = {c[0]: c[1] for c in importlib.import_module(module).COMMANDS}
-        assert commands[name] == help_text
+    names = [c.NAME for c in COMMANDS]
+    assert names == ["info", "generate", "experiment", "report"]
+    assert build_parser().parse_args(["report", "d"]).func is COMMANDS[3].run
+    for moved in ("bench", "findings"):  # now benchmarks/bench.py, experiments/seed_study/
+        with pytest.raises(SystemExit) as exit_info:
+            main([moved])
+        assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_lazy_package_attributes():
@@ -159,7 +162,7 @@ def test_public_names_survive_importing_their_submodules():
     """`tempo_lens.generate` is the function even after `tempo_lens.generate` (the module)
     was imported, in a fresh interpreter where nothing touched the name before."""
     code = (
-        "import tempo_lens.bench, tempo_lens.generate, tempo_lens.hooks, tempo_lens.run\n"
+        "import tempo_lens.cli, tempo_lens.generate, tempo_lens.hooks, tempo_lens.run\n"
         "import tempo_lens as tl\n"
         "assert callable(tl.generate) and tl.generate.__name__ == 'generate'\n"
         "assert callable(tl.forward) and callable(tl.isolation_hooks)\n"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tempo_lens.analysis import ablations_kinds as _kinds  # noqa: F401  (registers kinds)
 from tempo_lens.analysis.ablations_dynamic import (
     PruneResult,
     ThresholdSchedule,
@@ -32,6 +31,7 @@ from tempo_lens.analysis.ablations_hooks import (
     same_set_bias_hooks,
     sibling_window_hooks,
 )
+from tempo_lens.analysis.ablations_kinds import KINDS
 from tempo_lens.analysis.ablations_patching import (
     GROUPS,
     HOOK_ALIASES,
@@ -60,14 +60,13 @@ from tempo_lens.analysis.ablations_positions import (
     standard_variants,
 )
 from tempo_lens.generate import generate
+from tempo_lens.quiet import load_model_quietly
 from tempo_lens.run import TempoRun
 
 
 def script_model(name: str | None) -> Any:
     """The model a script asked for: "tiny" is the seeded tiny rotary model of
     `tempo_lens.testing` (fast mode for tests), anything else goes to `load_model`."""
-    from tempo_lens.cli import load_model_quietly
-
     return load_model_quietly("tiny-llama" if name == "tiny" else name)
 
 
@@ -103,6 +102,7 @@ def script_run(args: argparse.Namespace) -> tuple[Any, TempoRun]:
 
 
 __all__ = [
+    "KINDS",
     "script_model_for",
     "script_parser",
     "script_run",

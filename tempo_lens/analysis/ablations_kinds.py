@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from tempo_lens import TempoRun, generate
 from tempo_lens.analysis import ablations_dynamic as dyn
@@ -17,23 +18,17 @@ from tempo_lens.analysis import ablations_patching as pat
 from tempo_lens.analysis import ablations_positions as posn
 from tempo_lens.analysis.ablations_hooks import isolate_always_hooks, sibling_window_hooks
 from tempo_lens.analysis.ablations_plots import plot_heatmap, plot_lines
-from tempo_lens.analysis.experiment import RunOptions, RunSpec, generate_unit
-from tempo_lens.analysis.registry import experiment_kind
+from tempo_lens.analysis.experiments.kind import Count, Kind, KindKeys, NonNegative, PositiveInt
+from tempo_lens.analysis.experiments.runs import RunOptions, RunSpec, generate_unit
 
-
-def _kind(name: str, schema: dict[str, Any]) -> Callable:
-    """Register with the runner, declaring the kind's own config keys and defaults."""
-    return experiment_kind(name, schema=schema)
+# What every ablation kind declares: it generates isolated runs only, at one threshold
+# and next_from, so `modes` is not read and those two take one value.
+UNUSED = ("modes",)
+SINGLE = ("thresholds", "next_from")
 
 
 def _texts(section: dict[str, Any]) -> list[str]:
-    return [p["text"] if isinstance(p, dict) else str(p) for p in section.get("prompts") or []]
-
-
-def _first(value: Any, default: Any) -> Any:
-    if value is None:
-        return default
-    return value[0] if isinstance(value, list) else value
+    return [p["text"] for p in section["prompts"]]
 
 
 def _runs(model: Any, section: dict[str, Any], progress: bool) -> list[TempoRun]:
@@ -44,15 +39,15 @@ def _runs(model: Any, section: dict[str, Any], progress: bool) -> list[TempoRun]
             "",
             text,
             "isolated",
-            float(_first(section.get("thresholds"), 0.1)),
-            _first(section.get("next_from"), "mixture"),
+            float(section["thresholds"][0]),
+            section["next_from"][0],
         )
         for i, text in enumerate(_texts(section))
     ]
     options = RunOptions(
-        max_steps=section.get("max_steps", 15),
-        max_parallel=section.get("max_parallel"),
-        eos_token_id=-1 if section.get("stop_at_eos", True) else None,
+        max_steps=section["max_steps"],
+        max_parallel=section["max_parallel"],
+        eos_token_id=-1 if section["stop_at_eos"] else None,
     )
     return generate_unit(model, specs, options)
 
@@ -70,12 +65,16 @@ def _restored(kl_vis: list[float], base: float) -> float:
     return 1.0 - _mean(kl_vis) / base if base > 0 else math.nan
 
 
-@_kind("layer_patching", {"head_layers": 6, "batch_size": 16})
+class LayerPatchingKeys(KindKeys):
+    head_layers: Count = 6  # the top layers whose heads are patched one by one
+    batch_size: PositiveInt = 16  # replays per batched forward
+
+
 def layer_patching_kind(model: Any, section: dict, out_dir: Path, progress: bool) -> dict:
     """Isolation removed per layer (single, 0..L, L..end) and per head of the top layers."""
     t0 = time.perf_counter()
     runs = _runs(model, section, progress)
-    bs = section.get("batch_size", 16)
+    bs = section["batch_size"]
     results = pat.layer_patching(model, runs, batch_size=bs)  # all prompts batched
     n_layers = model.cfg.n_layers
     base = _mean([r.baseline.kl_vis_members for r in results])
@@ -92,7 +91,7 @@ def layer_patching_kind(model: Any, section: dict, out_dir: Path, progress: bool
         ]
     single = per_layer["single.restored"]
     ranked = sorted(range(n_layers), key=lambda L: -(single[L] or 0.0))
-    top = ranked[: section.get("head_layers", 6)]
+    top = ranked[: section["head_layers"]]
     heads = pat.head_patching(model, runs, top, batch_size=bs)
     head_map = [
         [_r(_mean([h[L][i] for h in heads])) for i in range(model.cfg.n_heads)] for L in top
@@ -134,25 +133,25 @@ def layer_patching_kind(model: Any, section: dict, out_dir: Path, progress: bool
     }
 
 
-@_kind(
-    "activation_patching",
-    {
-        "hooks": ["resid_pre", "attn_out", "z"],
-        "groups": ["all", "members", "later"],
-        "directions": ["vis_to_iso", "iso_to_vis"],
-        "batch_size": 16,
-    },
-)
+class ActivationPatchingKeys(KindKeys):
+    hooks: list[str] = Field(default=["resid_pre", "attn_out", "z"], min_length=1)
+    groups: list[str] = Field(default=["all", "members", "later"], min_length=1)
+    directions: list[Literal["vis_to_iso", "iso_to_vis"]] = Field(
+        default=["vis_to_iso", "iso_to_vis"], min_length=1
+    )
+    batch_size: PositiveInt = 16
+
+
 def activation_patching_kind(model: Any, section: dict, out_dir: Path, progress: bool) -> dict:
     """Fraction of the mode difference restored by patching each hook at each layer."""
     runs = _runs(model, section, progress)
     runs = [r for r in runs if bool(r.layout.same_set().any())]
     out: dict[str, Any] = {"n_prompts_with_sets": len(runs)}
     x = list(range(model.cfg.n_layers))
-    for direction in section.get("directions", ["vis_to_iso"]):
+    for direction in section["directions"]:
         curves: dict[str, list] = {}
-        for hook in section.get("hooks", ["resid_pre"]):
-            for group in section.get("groups", ["all"]):
+        for hook in section["hooks"]:
+            for group in section["groups"]:
                 vals = [
                     pat.activation_patching(
                         model,
@@ -160,7 +159,7 @@ def activation_patching_kind(model: Any, section: dict, out_dir: Path, progress:
                         hook=hook,
                         group=group,
                         source_isolate=direction == "iso_to_vis",
-                        batch_size=section.get("batch_size", 16),
+                        batch_size=section["batch_size"],
                     )
                     for r in runs
                 ]
@@ -177,16 +176,17 @@ def activation_patching_kind(model: Any, section: dict, out_dir: Path, progress:
     return out
 
 
-@_kind(
-    "partial_isolation",
-    {"biases": [0, 0.5, 1, 2, 4, 8, 16, 10000], "windows": [0, 1, 2, 3], "batch_size": 16},
-)
+class PartialIsolationKeys(KindKeys):
+    biases: list[NonNegative] = Field(default=[0, 0.5, 1, 2, 4, 8, 16, 10000], min_length=1)
+    windows: list[Count] = Field(default=[0, 1, 2, 3])
+    batch_size: PositiveInt = 16
+
+
 def partial_isolation_kind(model: Any, section: dict, out_dir: Path, progress: bool) -> dict:
     """Finite same-set bias, k-nearest-sibling windows, and isolation scope."""
     runs = _runs(model, section, progress)
-    biases = section.get("biases", [0, 1, 10000])
-    windows = section.get("windows", [0, 1])
-    bias_rows = pat.bias_sweep(model, runs, biases, batch_size=section.get("batch_size", 16))
+    biases, windows = section["biases"], section["windows"]
+    bias_rows = pat.bias_sweep(model, runs, biases, batch_size=section["batch_size"])
     variants = lambda r: {  # noqa: E731
         **{f"window {k}": sibling_window_hooks(r.layout, k) for k in windows},
         "isolate always": isolate_always_hooks(r.layout),
@@ -220,12 +220,16 @@ def partial_isolation_kind(model: Any, section: dict, out_dir: Path, progress: b
     return {"biases": biases, "bias_sweep": bias_out, "variants": other_out}
 
 
-@_kind("position_ablation", {"deltas": [0.25, 0.5, 1, 2], "gaps": [1, 5, 20, 100, 1000]})
+class PositionAblationKeys(KindKeys):
+    deltas: list[NonNegative] = Field(default=[0.25, 0.5, 1, 2])
+    gaps: list[Count] = Field(default=[1, 5, 20, 100, 1000])
+
+
 def position_ablation_kind(model: Any, section: dict, out_dir: Path, progress: bool) -> dict:
     """Offsets within a set, sequential positions and prompt gaps, explicit mask kept."""
     runs = _runs(model, section, progress)
     rotary = model.cfg.positional_embedding_type == "rotary"
-    deltas, gaps = section.get("deltas", [1]), section.get("gaps", [5])
+    deltas, gaps = section["deltas"], section["gaps"]
     per = [
         posn.position_ablation(model, r, posn.standard_variants(r.layout, deltas, gaps, rotary))
         for r in runs
@@ -248,27 +252,28 @@ def position_ablation_kind(model: Any, section: dict, out_dir: Path, progress: b
     return {"n_prompts": len(runs), "variants": table}
 
 
-@_kind(
-    "dynamic_threshold",
-    {
-        "schedules": [{"schedule": "bezier"}, {"schedule": "relu"}],
-        "prune_ratio": 0.5,
-    },
-)
+class DynamicThresholdKeys(KindKeys):
+    # threshold schedules, each checked by `ablations_dynamic.threshold_from_spec`
+    schedules: list[dict[str, Any]] = Field(
+        default=[{"schedule": "bezier"}, {"schedule": "relu"}], min_length=1
+    )
+    prune_ratio: NonNegative = 0.5
+
+
 def dynamic_threshold_kind(model: Any, section: dict, out_dir: Path, progress: bool) -> dict:
     """Generate under each threshold schedule; prune each run retroactively."""
-    max_steps = section.get("max_steps", 15)
+    max_steps = section["max_steps"]
     out: dict[str, Any] = {}
-    for spec in section.get("schedules", [{"schedule": "bezier"}]):
+    for spec in section["schedules"]:
         sched = dyn.threshold_from_spec(spec)
         name = f"{sched.kind}"
         sizes, pruned, members = [], 0, 0
         for text in _texts(section):
-            eos = -1 if section.get("stop_at_eos", True) else None
+            eos = -1 if section["stop_at_eos"] else None
             run = generate(
                 model, text, threshold=sched, max_steps=max_steps, eos_token_id=eos, progress=False
             )
-            res = dyn.retroactive_prune(model, run, ratio=section.get("prune_ratio", 0.5))
+            res = dyn.retroactive_prune(model, run, ratio=section["prune_ratio"])
             sizes.append([len(s) for s in run.steps])
             pruned += int(res.pruned.sum())
             members += int((~res.scores.isnan()).sum())
@@ -293,3 +298,15 @@ def dynamic_threshold_kind(model: Any, section: dict, out_dir: Path, progress: b
         ylabel="value",
     )
     return out
+
+
+KINDS: tuple[Kind, ...] = tuple(
+    Kind(name, run, keys, unused=UNUSED, single=SINGLE)
+    for name, run, keys in (
+        ("layer_patching", layer_patching_kind, LayerPatchingKeys),
+        ("activation_patching", activation_patching_kind, ActivationPatchingKeys),
+        ("partial_isolation", partial_isolation_kind, PartialIsolationKeys),
+        ("position_ablation", position_ablation_kind, PositionAblationKeys),
+        ("dynamic_threshold", dynamic_threshold_kind, DynamicThresholdKeys),
+    )
+)

@@ -1,6 +1,7 @@
 """The experiment kinds of the seeds' study, redone: attention (A), logits (B),
 cross-parallel attention (C), positions (D), high parallelism, and the prompt-suite
-sweep. Each is registered for `tempo-lens experiment` with its extra config keys.
+sweep (`tempo_lens.analysis.experiments.sweep`). Each is a `Kind` value with its own typed
+config keys, listed in `tempo_lens.analysis.experiments.registry.KINDS`.
 
 Shared vocabulary: a *pair* is the isolated and the visible run of one prompt at one
 threshold and next_from. The *forced* comparison replays ONE layout (the isolated run's,
@@ -18,11 +19,34 @@ import torch
 
 from tempo_lens.analysis import measures as M
 from tempo_lens.analysis import stats as S
-from tempo_lens.analysis.experiment import RunSpec, ensure_runs, grid, pairs
-from tempo_lens.analysis.registry import experiment_kind
+from tempo_lens.analysis.experiments.kind import Count, Kind, KindKeys, NonNegative
+from tempo_lens.analysis.experiments.markdown import (
+    fmt,
+    layer_table,
+    rounded,
+    sections_report,
+    table,
+)
+from tempo_lens.analysis.experiments.plots import save_plot
+from tempo_lens.analysis.experiments.runs import RunSpec, ensure_runs, grid, pairs
+from tempo_lens.errors import TempoError
 from tempo_lens.run import TempoRun
 
-TIMING_KEYS = {"timing_reps": 10}
+Section = dict[str, Any]  # a resolved config (`Kind.run`)
+Summary = dict[str, Any]  # a kind's JSON-able figures
+
+# Common keys of the resampling statistics, which only the sweep reads.
+STATS = ("seed", "bootstrap", "permutations")
+
+
+class TimingKeys(KindKeys):
+    """Keys of a kind that also times the modes (`measures.time_modes`)."""
+
+    timing_reps: Count = 10  # interleaved repetitions of each mode (0: no timing)
+
+
+class PositionsKeys(KindKeys):
+    tolerance: NonNegative = 1e-3  # max |rotated key - RoPE(key, logical position)|
 
 
 def _clean_tokens(run: TempoRun) -> list[int]:
@@ -31,17 +55,6 @@ def _clean_tokens(run: TempoRun) -> list[int]:
 
 def _mean(v: list[float]) -> float | None:
     return float(np.mean(v)) if len(v) else None
-
-
-def _r(x: Any) -> Any:
-    """Round every float in a nested structure to 6 significant digits."""
-    if isinstance(x, float):
-        return S.sig(x)
-    if isinstance(x, dict):
-        return {k: _r(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_r(v) for v in x]
-    return x
 
 
 def analyse_pair(
@@ -95,7 +108,7 @@ def analyse_pair(
         out["forced_attention"] = attn
         out["sibling_attention_visible_by_layer"] = cross_vis.get("siblings_by_layer")
         out["text"] = [iso.text(), vis.text()]
-    return _r(out)
+    return rounded(out)
 
 
 def _timing(model: Any, section: dict[str, Any], prompt: str) -> dict[str, Any]:
@@ -113,18 +126,12 @@ def _timing(model: Any, section: dict[str, Any], prompt: str) -> dict[str, Any]:
     )
 
 
-def _plot(out_dir: Path, name: str, draw: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    draw(ax)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / name, dpi=110)
-    plt.close(fig)
+def _grid_runs(
+    model: Any, section: dict[str, Any], out_dir: Path, progress: bool, **kw: Any
+) -> list[tuple[RunSpec, TempoRun]]:
+    """Every run of the config's grid (`ensure_runs`), beside its spec."""
+    runs = ensure_runs(model, section, out_dir, progress, **kw)
+    return [(spec, runs[spec.run_id]) for spec in grid(section)]
 
 
 def _pair_runs(
@@ -133,71 +140,41 @@ def _pair_runs(
     return [(i, runs[i.run_id], runs[v.run_id]) for i, v in pairs(section)]
 
 
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    """A markdown table; a `|` inside a cell (`max|diff|`) is escaped, not a column break."""
-
-    def cell(x: Any) -> str:
-        return _fmt(x).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------
 # A: attention
-# ---------------------------------------------------------------------------------------
 
 
-def _report_attention(summary: dict[str, Any], section: dict[str, Any]) -> str:
-    parts = ["## A. Attention, isolated vs visible", ""]
-    for p in summary["pairs"]:
-        fa = p["forced_attention"]
-        parts += [
-            f"Prompt {p['prompt']!r}, threshold {p['threshold']}, next_from {p['next_from']}:",
-            f"isolated `{p['text'][0]}` / visible `{p['text'][1]}`; tokens identical: "
-            f"{p['tokens_identical']}, divergence step: {p['divergence_step']}.",
-            "",
-            f"Forced replay (isolated run's layout under both masks): max |diff| "
-            f"{_fmt(fa['max_abs_diff'])}, correlation {_fmt(fa['corr'])}; sibling attention "
-            f"visible {_fmt(p['sibling_attention_visible'])} vs isolated "
-            f"{_fmt(p['sibling_attention_isolated'])}.",
-            f"Free-running (captured during generation, {p['free_running']['n_forwards']} "
-            f"forwards before divergence): max |diff| "
-            f"{_fmt(p['free_running'].get('max_abs_diff'))}, correlation "
-            f"{_fmt(p['free_running'].get('corr'))}.",
-            "",
-            _table(
-                ["layer", "forced max|diff|", "forced mean|diff|", "forced corr", "free max|diff|"],
-                [
-                    [
-                        i,
-                        fa["layer_max_abs_diff"][i],
-                        fa["layer_mean_abs_diff"][i],
-                        fa["layer_corr"][i],
-                        (p["free_running"].get("layer_max_abs_diff") or ["-"] * 999)[i],
-                    ]
-                    for i in range(len(fa["layer_max_abs_diff"]))
-                ],
-            ),
-            "",
-            "Per-head max |diff| and correlation: `summary.json` → "
-            "`pairs[].forced_attention.head_*` (`[layer][head]`).",
-            "",
-        ]
-    return "\n".join(parts)
+def _attention_lines(p: dict[str, Any]) -> list[str]:
+    fa = p["forced_attention"]
+    return [
+        f"Prompt {p['prompt']!r}, threshold {p['threshold']}, next_from {p['next_from']}:",
+        f"isolated `{p['text'][0]}` / visible `{p['text'][1]}`; tokens identical: "
+        f"{p['tokens_identical']}, divergence step: {p['divergence_step']}.",
+        "",
+        f"Forced replay (isolated run's layout under both masks): max |diff| "
+        f"{fmt(fa['max_abs_diff'])}, correlation {fmt(fa['corr'])}; sibling attention "
+        f"visible {fmt(p['sibling_attention_visible'])} vs isolated "
+        f"{fmt(p['sibling_attention_isolated'])}.",
+        f"Free-running (captured during generation, {p['free_running']['n_forwards']} "
+        f"forwards before divergence): max |diff| "
+        f"{fmt(p['free_running'].get('max_abs_diff'))}, correlation "
+        f"{fmt(p['free_running'].get('corr'))}.",
+        "",
+        layer_table(
+            {
+                "forced max|diff|": fa["layer_max_abs_diff"],
+                "forced mean|diff|": fa["layer_mean_abs_diff"],
+                "forced corr": fa["layer_corr"],
+                "free max|diff|": p["free_running"].get("layer_max_abs_diff") or [],
+            }
+        ),
+        "",
+        "Per-head max |diff| and correlation: `summary.json` → "
+        "`pairs[].forced_attention.head_*` (`[layer][head]`).",
+        "",
+    ]
 
 
-@experiment_kind("attention", schema=dict(TIMING_KEYS, timing_reps=0), report=_report_attention)
-def attention_kind(
-    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
-) -> dict[str, Any]:
+def attention_kind(model: Any, section: Section, out_dir: Path, progress: bool) -> Summary:
     """Hypothesis A: are isolated and visible attention patterns the same?"""
     runs = ensure_runs(
         model, section, out_dir, progress, modes=["isolated", "visible"], cache=["hook_pattern"]
@@ -205,7 +182,7 @@ def attention_kind(
     results = []
     for spec, iso, vis in _pair_runs(runs, section):
         res = analyse_pair(model, iso, vis, spec.next_from, detail=True)
-        res["free_running"] = _r(_free_running_attention(iso, vis, res["divergence_step"]))
+        res["free_running"] = rounded(_free_running_attention(iso, vis, res["divergence_step"]))
         results.append(
             {"prompt": spec.prompt, "threshold": spec.threshold, "next_from": spec.next_from, **res}
         )
@@ -222,7 +199,7 @@ def attention_kind(
         ax.set_ylabel("|attention iso - vis|")
         ax.legend()
 
-    _plot(out_dir, "attention_diff_by_layer.png", draw)
+    save_plot(out_dir, "attention_diff_by_layer.png", draw)
     return {"n_prompts": len(section["prompts"]), "pairs": results}
 
 
@@ -256,75 +233,69 @@ def _free_running_attention(iso: TempoRun, vis: TempoRun, div: int | None) -> di
     }
 
 
-# ---------------------------------------------------------------------------------------
 # B: logits
-# ---------------------------------------------------------------------------------------
 
 
-def _report_logits(summary: dict[str, Any], section: dict[str, Any]) -> str:
-    parts = ["## B. Next-token distributions, isolated vs visible", ""]
-    for p in summary["pairs"]:
-        f = p["forced_per_step"]
-        parts += [
-            f"Prompt {p['prompt']!r}, threshold {p['threshold']}: tokens identical "
-            f"{p['tokens_identical']}, free-running divergence step {p['divergence_step']}. "
-            f"Replay reproduces the generation's saved distributions to "
-            f"{_fmt(p['replay_vs_saved_max_abs_prob_diff'])} (max |prob diff|).",
-            "",
-            "Forced (isolated run's layout, both masks); step j = the distribution that "
-            "selected set j (step 0 reads the prompt, identical by construction):",
-            "",
-            _table(
+def _logits_lines(p: dict[str, Any]) -> list[str]:
+    f = p["forced_per_step"]
+    return [
+        f"Prompt {p['prompt']!r}, threshold {p['threshold']}: tokens identical "
+        f"{p['tokens_identical']}, free-running divergence step {p['divergence_step']}. "
+        f"Replay reproduces the generation's saved distributions to "
+        f"{fmt(p['replay_vs_saved_max_abs_prob_diff'])} (max |prob diff|).",
+        "",
+        "Forced (isolated run's layout, both masks); step j = the distribution that "
+        "selected set j (step 0 reads the prompt, identical by construction):",
+        "",
+        table(
+            [
+                "step",
+                "set size",
+                "KL",
+                "JS",
+                "cosine",
+                "top1",
+                "top5",
+                "top10",
+                "top20",
+                "free-running KL",
+            ],
+            [
                 [
-                    "step",
-                    "set size",
-                    "KL",
-                    "JS",
-                    "cosine",
-                    "top1",
-                    "top5",
-                    "top10",
-                    "top20",
-                    "free-running KL",
-                ],
-                [
-                    [
-                        j,
-                        p["set_sizes"][0][j],
-                        f["kl"][j],
-                        f["js"][j],
-                        f["cosine"][j],
-                        f["top1"][j],
-                        f["top5"][j],
-                        f["top10"][j],
-                        f["top20"][j],
-                        p["free_kl_per_step"][j] if j < len(p["free_kl_per_step"]) else "-",
-                    ]
-                    for j in range(len(f["kl"]))
-                ],
-            ),
-            "",
-        ]
+                    j,
+                    p["set_sizes"][0][j],
+                    f["kl"][j],
+                    f["js"][j],
+                    f["cosine"][j],
+                    f["top1"][j],
+                    f["top5"][j],
+                    f["top10"][j],
+                    f["top20"][j],
+                    p["free_kl_per_step"][j] if j < len(p["free_kl_per_step"]) else "-",
+                ]
+                for j in range(len(f["kl"]))
+            ],
+        ),
+        "",
+    ]
+
+
+def _timing_lines(summary: dict[str, Any]) -> list[str]:
+    """The interleaved timing of the modes, when the kind timed them."""
     t = summary.get("timing", {})
-    if "isolated_s" in t:
-        parts += [_timing_text(t), ""]
-    return "\n".join(parts)
-
-
-def _timing_text(t: dict[str, Any]) -> str:
+    if "isolated_s" not in t:
+        return []
     i, v = t["isolated_s"], t["visible_s"]
-    return (
+    return [
         f"Timing ({t['reps']} interleaved repetitions after a discarded warm-up): isolated "
         f"median {i['median']:.3f} s (IQR {i['q25']:.3f}-{i['q75']:.3f}), visible median "
         f"{v['median']:.3f} s (IQR {v['q25']:.3f}-{v['q75']:.3f}); median vis/iso ratio "
-        f"{t['ratio_vis_over_iso_median']:.3f}."
-    )
+        f"{t['ratio_vis_over_iso_median']:.3f}.",
+        "",
+    ]
 
 
-@experiment_kind("logits", schema=TIMING_KEYS, report=_report_logits)
-def logits_kind(
-    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
-) -> dict[str, Any]:
+def logits_kind(model: Any, section: Section, out_dir: Path, progress: bool) -> Summary:
     """Hypothesis B: are the modes' next-token distributions the same?"""
     runs = ensure_runs(
         model, section, out_dir, progress, modes=["isolated", "visible"], keep_logits=True
@@ -354,59 +325,43 @@ def logits_kind(
         ax.set_ylabel("KL (nats, floor 1e-12)")
         ax.legend()
 
-    _plot(out_dir, "kl_by_step.png", draw)
+    save_plot(out_dir, "kl_by_step.png", draw)
     timing = _timing(model, section, section["prompts"][0]["text"])
     return {"n_prompts": len(section["prompts"]), "pairs": results, "timing": timing}
 
 
-# ---------------------------------------------------------------------------------------
 # C: cross-parallel attention
-# ---------------------------------------------------------------------------------------
 
 
-def _report_cross(summary: dict[str, Any], section: dict[str, Any]) -> str:
-    parts = ["## C. Cross-parallel attention (visible mode, every query row of every set)", ""]
-    for r in summary["runs"]:
-        c = r["cross"]
-        if not c["n_rows"]:
-            parts += [f"{r['run']}: no multi-member set, nothing to measure.", ""]
-            continue
-        parts += [
-            f"{r['run']} `{r['text']}`: {c['n_rows']} member rows. Mean attention mass to "
-            f"siblings {_fmt(c['siblings_all'])}, self {_fmt(c['self_all'])}, prompt "
-            f"{_fmt(c['prompt_all'])}, earlier steps {_fmt(c['earlier_steps_all'])}. The same "
-            f"layout under the isolated mask: siblings {_fmt(r['siblings_isolated'])}. "
-            f"Captured-during-generation vs replay: max |diff| "
-            f"{_fmt(r['captured_vs_replay_max_abs_diff'])}.",
-            "",
-            _table(
-                ["layer", "siblings", "self", "prompt", "earlier steps", "max-head siblings"],
-                [
-                    [
-                        L,
-                        c["siblings_by_layer"][L],
-                        c["self_by_layer"][L],
-                        c["prompt_by_layer"][L],
-                        c["earlier_steps_by_layer"][L],
-                        max(c["siblings"][L]),
-                    ]
-                    for L in range(len(c["siblings_by_layer"]))
-                ],
-            ),
-            "",
-        ]
-    return "\n".join(parts)
+def _cross_lines(r: dict[str, Any]) -> list[str]:
+    c = r["cross"]
+    if not c["n_rows"]:
+        return [f"{r['run']}: no multi-member set, nothing to measure.", ""]
+    return [
+        f"{r['run']} `{r['text']}`: {c['n_rows']} member rows. Mean attention mass to "
+        f"siblings {fmt(c['siblings_all'])}, self {fmt(c['self_all'])}, prompt "
+        f"{fmt(c['prompt_all'])}, earlier steps {fmt(c['earlier_steps_all'])}. The same "
+        f"layout under the isolated mask: siblings {fmt(r['siblings_isolated'])}. "
+        f"Captured-during-generation vs replay: max |diff| "
+        f"{fmt(r['captured_vs_replay_max_abs_diff'])}.",
+        "",
+        layer_table(
+            {
+                "siblings": c["siblings_by_layer"],
+                "self": c["self_by_layer"],
+                "prompt": c["prompt_by_layer"],
+                "earlier steps": c["earlier_steps_by_layer"],
+                "max-head siblings": [max(heads) for heads in c["siblings"]],
+            }
+        ),
+        "",
+    ]
 
 
-@experiment_kind("cross_parallel", report=_report_cross)
-def cross_parallel_kind(
-    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
-) -> dict[str, Any]:
+def cross_parallel_kind(model: Any, section: Section, out_dir: Path, progress: bool) -> Summary:
     """Hypothesis C: how much attention do visible set members pay each other?"""
-    runs = ensure_runs(model, section, out_dir, progress, cache=["hook_pattern"])
     results = []
-    for spec in grid(section):
-        run = runs[spec.run_id]
+    for spec, run in _grid_runs(model, section, out_dir, progress, cache=["hook_pattern"]):
         _, acts = M.replay(model, run.layout, spec.isolate)
         pat = acts["hook_pattern"]
         worst = 0.0
@@ -418,7 +373,7 @@ def cross_parallel_kind(
         _, iso_acts = M.replay(model, run.layout, True)
         iso_cross = M.cross_set_attention(iso_acts["hook_pattern"], run.layout)
         results.append(
-            _r(
+            rounded(
                 {
                     "run": spec.run_id,
                     "mode": spec.mode,
@@ -443,59 +398,46 @@ def cross_parallel_kind(
             ax.set_ylabel("attention mass (member rows)")
             ax.legend(fontsize=8)
 
-        _plot(out_dir, "cross_parallel_by_layer.png", draw)
+        save_plot(out_dir, "cross_parallel_by_layer.png", draw)
     return {"n_prompts": len(section["prompts"]), "runs": results}
 
 
-# ---------------------------------------------------------------------------------------
 # D: positions
-# ---------------------------------------------------------------------------------------
 
 
-def _report_positions(summary: dict[str, Any], section: dict[str, Any]) -> str:
-    parts = ["## D. Position sharing, read off the model's rotated keys", ""]
-    for r in summary["runs"]:
-        c = r["rope"]
-        parts += [
-            f"{r['run']} `{r['text']}`: {c['n_generated']} generated keys "
-            f"({c['n_shifted']} at a logical position different from their physical one).",
-            f"Set positions (logical): {c['set_positions']}.",
-            f"max |hook_rot_k - RoPE(hook_k, logical)| = {_fmt(c['max_err_logical'])} "
-            f"(keys up to {_fmt(c['key_scale'])} in size); min over shifted keys of "
-            f"max |hook_rot_k - RoPE(hook_k, physical)| = {_fmt(c['min_diff_physical'])}. "
-            f"Verdict: positions shared in the model: {r['shared_in_model']}.",
-            "",
-            _table(
-                ["layer", "max err vs logical", "min diff vs physical"],
-                [
-                    [L, c["max_err_logical_by_layer"][L], c["min_diff_physical_by_layer"][L]]
-                    for L in range(len(c["max_err_logical_by_layer"]))
-                ],
-            ),
-            "",
-        ]
-    return "\n".join(parts)
+def _positions_lines(r: dict[str, Any]) -> list[str]:
+    c = r["rope"]
+    return [
+        f"{r['run']} `{r['text']}`: {c['n_generated']} generated keys "
+        f"({c['n_shifted']} at a logical position different from their physical one).",
+        f"Set positions (logical): {c['set_positions']}.",
+        f"max |hook_rot_k - RoPE(hook_k, logical)| = {fmt(c['max_err_logical'])} "
+        f"(keys up to {fmt(c['key_scale'])} in size); min over shifted keys of "
+        f"max |hook_rot_k - RoPE(hook_k, physical)| = {fmt(c['min_diff_physical'])}. "
+        f"Verdict: positions shared in the model: {r['shared_in_model']}.",
+        "",
+        layer_table(
+            {
+                "max err vs logical": c["max_err_logical_by_layer"],
+                "min diff vs physical": c["min_diff_physical_by_layer"],
+            }
+        ),
+        "",
+    ]
 
 
-@experiment_kind("positions", schema={"tolerance": 1e-3}, report=_report_positions)
-def positions_kind(
-    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
-) -> dict[str, Any]:
+def positions_kind(model: Any, section: Section, out_dir: Path, progress: bool) -> Summary:
     """Hypothesis D: do set members really share one position inside the model?"""
     if not model.cfg.positional_embedding_type == "rotary":
-        from tempo_lens.errors import TempoError
-
         raise TempoError("the positions kind checks rotated keys; use a rotary model")
-    runs = ensure_runs(model, section, out_dir, progress)
     results = []
-    for spec in grid(section):
-        run = runs[spec.run_id]
+    for spec, run in _grid_runs(model, section, out_dir, progress):
         c = M.rope_check(model, run.layout, spec.isolate)
         ok = c["max_err_logical"] <= section["tolerance"] and (
             c["n_shifted"] == 0 or c["min_diff_physical"] > 10 * section["tolerance"]
         )
         results.append(
-            _r(
+            rounded(
                 {
                     "run": spec.run_id,
                     "text": run.text(),
@@ -507,36 +449,25 @@ def positions_kind(
     return {"n_prompts": len(section["prompts"]), "runs": results}
 
 
-# ---------------------------------------------------------------------------------------
 # Exp 5: high parallelism
-# ---------------------------------------------------------------------------------------
 
 
-def _report_high(summary: dict[str, Any], section: dict[str, Any]) -> str:
-    parts = ["## High parallelism", ""]
-    for p in summary["pairs"]:
-        parts += [
-            f"Prompt {p['prompt']!r}, threshold {p['threshold']}:",
-            f"- isolated `{p['text'][0]}` set sizes {p['set_sizes'][0]}",
-            f"- visible `{p['text'][1]}` set sizes {p['set_sizes'][1]}",
-            f"- tokens identical {p['tokens_identical']}, divergence step "
-            f"{p['divergence_step']}; forced KL mean (steps >= 1) {_fmt(p['forced_kl_mean'])}, "
-            f"max {_fmt(p['forced_kl_max'])}; forced attention max |diff| "
-            f"{_fmt(p['forced_attention_max_abs_diff'])} (corr "
-            f"{_fmt(p['forced_attention_corr'])}); visible sibling attention "
-            f"{_fmt(p['sibling_attention_visible'])}.",
-            "",
-        ]
-    t = summary.get("timing", {})
-    if "isolated_s" in t:
-        parts += [_timing_text(t), ""]
-    return "\n".join(parts)
+def _high_lines(p: dict[str, Any]) -> list[str]:
+    return [
+        f"Prompt {p['prompt']!r}, threshold {p['threshold']}:",
+        f"- isolated `{p['text'][0]}` set sizes {p['set_sizes'][0]}",
+        f"- visible `{p['text'][1]}` set sizes {p['set_sizes'][1]}",
+        f"- tokens identical {p['tokens_identical']}, divergence step "
+        f"{p['divergence_step']}; forced KL mean (steps >= 1) {fmt(p['forced_kl_mean'])}, "
+        f"max {fmt(p['forced_kl_max'])}; forced attention max |diff| "
+        f"{fmt(p['forced_attention_max_abs_diff'])} (corr "
+        f"{fmt(p['forced_attention_corr'])}); visible sibling attention "
+        f"{fmt(p['sibling_attention_visible'])}.",
+        "",
+    ]
 
 
-@experiment_kind("high_parallelism", schema=TIMING_KEYS, report=_report_high)
-def high_parallelism_kind(
-    model: Any, section: dict[str, Any], out_dir: Path, progress: bool
-) -> dict[str, Any]:
+def high_parallelism_kind(model: Any, section: Section, out_dir: Path, progress: bool) -> Summary:
     """Low threshold, big sets: do the modes still agree, and at what cost?"""
     runs = ensure_runs(model, section, out_dir, progress, modes=["isolated", "visible"])
     results = []
@@ -547,3 +478,31 @@ def high_parallelism_kind(
         )
     timing = _timing(model, section, section["prompts"][0]["text"])
     return {"n_prompts": len(section["prompts"]), "pairs": results, "timing": timing}
+
+
+REPORT_ATTENTION = sections_report(
+    "## A. Attention, isolated vs visible", "pairs", _attention_lines
+)
+REPORT_LOGITS = sections_report(
+    "## B. Next-token distributions, isolated vs visible", "pairs", _logits_lines, _timing_lines
+)
+REPORT_CROSS = sections_report(
+    "## C. Cross-parallel attention (visible mode, every query row of every set)",
+    "runs",
+    _cross_lines,
+)
+REPORT_POSITIONS = sections_report(
+    "## D. Position sharing, read off the model's rotated keys", "runs", _positions_lines
+)
+REPORT_HIGH = sections_report("## High parallelism", "pairs", _high_lines, _timing_lines)
+
+# Kinds that always generate both modes of each prompt do not read `modes` either.
+PAIRED_UNUSED = ("modes", *STATS)
+
+ATTENTION = Kind("attention", attention_kind, report=REPORT_ATTENTION, unused=PAIRED_UNUSED)
+LOGITS = Kind("logits", logits_kind, TimingKeys, REPORT_LOGITS, unused=PAIRED_UNUSED)
+CROSS_PARALLEL = Kind("cross_parallel", cross_parallel_kind, report=REPORT_CROSS, unused=STATS)
+POSITIONS = Kind("positions", positions_kind, PositionsKeys, REPORT_POSITIONS, unused=STATS)
+HIGH_PARALLELISM = Kind(
+    "high_parallelism", high_parallelism_kind, TimingKeys, REPORT_HIGH, unused=PAIRED_UNUSED
+)

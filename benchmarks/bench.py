@@ -1,5 +1,7 @@
 """Benchmark: a TEMPO step against a greedy step and against Hugging Face, side by side.
 
+    python benchmarks/bench.py [--quick] [--out benchmarks/results]   (docs/performance.md)
+
 Everything is measured in ONE process, interleaved (each repetition runs every case once,
 alternating the order ABC.../...CBA so slow drift cancels), after warm-up, and reported as
 medians. Each case re-runs the *same* step: the TransformerLens KV cache is frozen and the
@@ -33,6 +35,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,9 +47,9 @@ import torch
 from tempo_lens.errors import TempoError
 from tempo_lens.generate import (
     Decoder,
-    _capture_hooks,
-    _model_forward,
+    capture_hooks,
     mechanism_hooks,
+    model_forward,
     resolve_hook_names,
 )
 from tempo_lens.hooks import batch_hidden
@@ -182,7 +185,7 @@ def _tl_prefix_cache(model: HookedTransformer, prefix: Layout) -> TransformerLen
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-    _model_forward(model, prefix, len(prefix), mechanism_hooks(model, prefix, True), kv)
+    model_forward(model, prefix, len(prefix), mechanism_hooks(model, prefix, True), kv)
     kv.freeze()  # every timed step now sees the same prefix and leaves it untouched
     return kv
 
@@ -231,8 +234,8 @@ def _tl_tempo_step(
 
     def step() -> torch.Tensor:
         store: dict[str, torch.Tensor] = {}
-        hooks = mechanism_hooks(model, layout, isolate) + _capture_hooks(capture, store)
-        logits = _model_forward(model, layout, n_query, hooks, kv)[0]
+        hooks = mechanism_hooks(model, layout, isolate) + capture_hooks(capture, store)
+        logits = model_forward(model, layout, n_query, hooks, kv)[0]
         for name in capture:
             store[name][0].cpu()
         return logits
@@ -244,7 +247,7 @@ def _tl_greedy_step(
     model: HookedTransformer, prefix: Layout, token: int, kv: TransformerLensKeyValueCache
 ) -> Callable[[], torch.Tensor]:
     layout = prefix.append_set([token])  # one new token; no mechanism hooks: plain TL
-    return lambda: _model_forward(model, layout, 1, [], kv)[0]
+    return lambda: model_forward(model, layout, 1, [], kv)[0]
 
 
 def _hf_greedy_step(hf: Any, token: int, cache: Any) -> Callable[[], Any]:
@@ -280,7 +283,7 @@ def _tl_batch_step(model: HookedTransformer, prefixes: list[Layout], sets: list)
     def reset() -> None:
         dec.cached = n_prefix
 
-    return Case(lambda: dec.forward()[0], reset)
+    return Case(dec.forward, reset)
 
 
 def _hf_batch_forward(hf: Any, batch: LayoutBatch, n_query: int, cache: Any) -> Any:
@@ -681,13 +684,17 @@ def write_result(result: dict[str, Any], out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Command line (`tempo-lens bench`, `python benchmarks/run.py`)
+# Command line (`python benchmarks/bench.py`)
 # ---------------------------------------------------------------------------------------
 
 DEFAULT_OUT = "benchmarks/results"
 
 
-def _bench_args(p: argparse.ArgumentParser) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The script's options."""
+    p = argparse.ArgumentParser(
+        prog="bench.py", description="time TEMPO steps against greedy and Hugging Face"
+    )
     p.add_argument("--quick", action="store_true", help="fewer cases and reps (< 2 minutes)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"result directory (default {DEFAULT_OUT})")
     p.add_argument("--reps", type=int, default=None, help="repetitions per case (>= 5)")
@@ -699,17 +706,19 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         help="batch sizes of the throughput cases, comma-separated (default 1,4,16,64; "
         "'' for none)",
     )
+    return p
 
 
-def _bench(args: Any) -> int:
+def bench(args: argparse.Namespace) -> int:
+    """Check the options, load the embedded model both ways, run, write and print."""
     from tempo_lens.backend import has_hooked_transformer
-    from tempo_lens.cli import load_model_quietly
     from tempo_lens.loading import embedded_gguf_path, load_hf_gguf
+    from tempo_lens.quiet import load_model_quietly
     from tempo_lens.storage import check_target
 
     if not has_hooked_transformer():
         raise TempoError(
-            "tempo-lens bench times the HookedTransformer backend, which TransformerLens 4 "
+            "benchmarks/bench.py times the HookedTransformer backend, which TransformerLens 4 "
             "removed; run it where transformer-lens<4 is installed (benchmarks/bridge_step.py "
             "times the bridge)"
         )
@@ -752,6 +761,18 @@ def _bench(args: Any) -> int:
     return 0
 
 
-COMMANDS = [
-    ("bench", "time TEMPO steps against greedy and Hugging Face", _bench_args, _bench),
-]
+def main(argv: Sequence[str] | None = None) -> int:
+    """The script: a `TempoError` is one line on stderr, exit code 2."""
+    from tempo_lens.quiet import quiet
+
+    args = parser().parse_args(argv)
+    quiet()
+    try:
+        return bench(args)
+    except TempoError as err:
+        print(f"bench.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from tempo_lens.errors import TempoError
-from tempo_lens.storage import check_target
-from tempo_lens.viz.report import ATTENTION_RUNS, BUDGET_MB, MAX_LAYERS, build_report, write_report
+
+NAME = "report"
+HELP = "write one self-contained HTML report of a run or experiment"
 
 
 def _parse_layers(text: str | None) -> list[int] | None:
@@ -27,7 +28,7 @@ def _parse_layers(text: str | None) -> list[int] | None:
     return layers
 
 
-def _report_args(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="RUN_OR_EXPERIMENT_DIR")
     p.add_argument("--out", default=None, help="HTML file (default: DIR/report.html)")
     p.add_argument(
@@ -41,25 +42,30 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-layers",
         type=int,
-        default=MAX_LAYERS,
+        default=None,
         help="cap on attention layers, spread over the depth (default: no cap, the budget decides)",
     )
     p.add_argument(
-        "--budget-mb", type=float, default=BUDGET_MB, help=f"inlined data (default {BUDGET_MB:g})"
+        "--budget-mb",
+        type=float,
+        default=None,
+        help="inlined data in MB (default: tempo_lens.viz.report.BUDGET_MB)",
     )
     p.add_argument(
         "--attention-runs",
         type=int,
-        default=ATTENTION_RUNS,
-        help="experiment dirs: runs with attention",
+        default=None,
+        help="experiment dirs: runs with attention (default: tempo_lens.viz.report.ATTENTION_RUNS)",
     )
     p.add_argument("--no-attention", action="store_true", help="skip attention (no model load)")
     p.add_argument("--screenshot", default=None, help="also save a PNG taken in headless Chromium")
 
 
-def _report(args: Any) -> int:
-    from tempo_lens.cli import load_model_quietly
+def run(args: Any) -> int:
     from tempo_lens.loading import EMBEDDED_NAME
+    from tempo_lens.quiet import load_model_quietly
+    from tempo_lens.storage import check_target
+    from tempo_lens.viz.report import build_report, write_report
 
     src = Path(args.path)
     if not src.exists():
@@ -69,10 +75,11 @@ def _report(args: Any) -> int:
         )
     if args.max_layers is not None and args.max_layers < 1:
         raise TempoError(f"--max-layers must be >= 1, got {args.max_layers}")
-    if not math.isfinite(args.budget_mb) or args.budget_mb <= 0:
+    if args.budget_mb is not None and (not math.isfinite(args.budget_mb) or args.budget_mb <= 0):
         raise TempoError(f"--budget-mb must be a positive number, got {args.budget_mb}")
-    if args.attention_runs < 0:
+    if args.attention_runs is not None and args.attention_runs < 0:
         raise TempoError(f"--attention-runs must be >= 0, got {args.attention_runs}")
+    given = {"budget_mb": args.budget_mb, "attention_runs": args.attention_runs}
     out = (
         Path(args.out) if args.out is not None else (src / "report.html" if src.is_dir() else None)
     )
@@ -88,10 +95,9 @@ def _report(args: Any) -> int:
         load=load,
         layers=_parse_layers(args.layers),
         max_layers=args.max_layers,
-        budget_mb=args.budget_mb,
         attention=not args.no_attention,
-        attention_runs=args.attention_runs,
         on_note=lambda text: print(f"tempo-lens: note: {text}", file=sys.stderr),
+        **{k: v for k, v in given.items() if v is not None},  # else the report's defaults
     )
     assert out is not None  # build_report rejected a non-directory path
     path = write_report(html_text, out)
@@ -106,13 +112,3 @@ def _report(args: Any) -> int:
             print(f"tempo-lens: browser: {msg}", file=sys.stderr)
         return 1 if problems else 0
     return 0
-
-
-COMMANDS = [
-    (
-        "report",
-        "write one self-contained HTML report of a run or experiment",
-        _report_args,
-        _report,
-    ),
-]

@@ -1,14 +1,16 @@
-"""`tempo-lens experiment` and `tempo-lens findings` subcommands."""
+"""`tempo-lens experiment`: run an experiment config into an output directory."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
+NAME = "experiment"
+HELP = "run an experiment config (YAML) into an output directory"
 
-def _experiment_args(p: argparse.ArgumentParser) -> None:
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment config (YAML), e.g. experiments/exp1_attention.yaml")
     p.add_argument("--out", default=None, help="output directory (default runs/experiments/NAME)")
     p.add_argument("--model", default=None, help="model, overriding the config's model:")
@@ -36,18 +38,18 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _experiment(args: Any) -> int:
-    from tempo_lens.analysis.config import load_config
-    from tempo_lens.analysis.engines import check_engine
-    from tempo_lens.analysis.experiment import default_out, run_experiment
-    from tempo_lens.cli import check_out_dir
+def run(args: Any) -> int:
+    from tempo_lens.analysis.experiments.config import load_config
+    from tempo_lens.analysis.experiments.engines import check_engine
+    from tempo_lens.analysis.experiments.runner import default_out, run_experiment
+    from tempo_lens.storage import check_target
 
     section = load_config(args.config)
     if args.model is not None:
         section["model"] = args.model
     check_engine(args.engine, args.address, args.workers, args.gpus_per_worker)
-    check_out_dir(args.out if args.out is not None else str(default_out(section)), "experiment")
     out = Path(args.out) if args.out is not None else default_out(section)
+    check_target(out, "experiment")  # before any model loads
     summary = run_experiment(
         section,
         out,
@@ -65,30 +67,3 @@ def _experiment(args: Any) -> int:
         + (f" | engine {t['engine']}" if "engine" in t else "")
     )
     return 0
-
-
-def _findings_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sweep", help="sweep output directory (holds summary.json)")
-    p.add_argument("experiments", nargs="*", help="further experiment output directories")
-    p.add_argument("--out", default="docs/findings.md", help="markdown file to write")
-
-
-def _findings(args: Any) -> int:
-    from tempo_lens.analysis.findings import write_findings
-
-    path = write_findings(
-        Path(args.sweep), [Path(e) for e in args.experiments], Path(args.out), argv=sys.argv
-    )
-    print(f"wrote {path}")
-    return 0
-
-
-COMMANDS = [
-    (
-        "experiment",
-        "run an experiment config (YAML) into an output directory",
-        _experiment_args,
-        _experiment,
-    ),
-    ("findings", "write docs/findings.md from a sweep's summary.json", _findings_args, _findings),
-]
