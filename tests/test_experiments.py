@@ -411,15 +411,19 @@ def test_findings_script_writes_and_rewrites_its_file(llama, tmp_path, capsys):
 def test_findings_position_gap_row_verdicts():
     position_gap_row = findings.position_gap_row
 
-    def pos(k5, k1000):
+    def pos(k5, k1000, p5=None, p1000=None):
         v = {"kl_members": 0.0, "kl_next": 0.0, "top1_agree": 1.0}
-        return {
-            "n_prompts": 3,
-            "variants": {"gap 5": v | {"kl_members": k5}, "gap 1000": v | {"kl_members": k1000}},
-        }
+        variants = {"gap 5": v | {"kl_members": k5}, "gap 1000": v | {"kl_members": k1000}}
+        if p5 is not None:
+            variants |= {
+                "packed gap 5": v | {"kl_members": p5},
+                "packed gap 1000": v | {"kl_members": p1000},
+            }
+        return {"n_prompts": 3, "categories": ["a", "b"], "variants": variants}
 
-    assert position_gap_row(None)[3].startswith("not comparable")
-    row = position_gap_row(pos(0.1, 1.0))
-    assert row[3].startswith("**refuted**") and "10% of gap 1000" in row[3]
-    assert "n = 3 prompts" in row[2] and "gap 5: KL 0.1" in row[2]
-    assert position_gap_row(pos(0.9, 1.0))[3].startswith("confirmed")
+    assert "**not comparable**" in position_gap_row(None, "M")[3]
+    assert "**not comparable**" in position_gap_row(pos(0.1, 1.0), "M")[3]  # no packed runs
+    row = position_gap_row(pos(0.1, 1.0, 1.37, 1.37), "M")
+    assert row[3].startswith("**explained** (M, n = 3 prompts)") and "10% of gap 1000" in row[3]
+    assert "gap 5: KL 0.1" in row[2] and "gap 5: KL 1.37" in row[2]
+    assert position_gap_row(pos(0.1, 1.0, 0.1, 1.0), "M")[3].startswith("**refuted**")

@@ -79,6 +79,11 @@ def analyse_pair(
     div = M.divergence_step(iso.steps, vis.steps)
     rows = M.generated_rows(li)
     attn = M.pattern_difference(p_ii[:, :, rows], p_iv[:, :, rows])
+    # the same without the entries isolation masks (sibling keys): a difference there is
+    # there by construction
+    attn_out = M.pattern_difference(
+        p_ii[:, :, rows], p_iv[:, :, rows], exclude=M.sibling_entries(li, rows)
+    )
     cross_vis = M.cross_set_attention(p_iv, li)
     cross_iso = M.cross_set_attention(p_ii, li)
     out: dict[str, Any] = {
@@ -92,15 +97,21 @@ def analyse_pair(
         "forced_js_mean": _mean(forced["js"][1:]),
         "forced_top1_mean": _mean(forced["top1"][1:]),
         "forced_kl_max": max(forced["kl"]),
-        "free_kl_mean": _mean(free_kl),
+        # step 0 reads the same prompt in both runs (KL 0 by construction): left out
+        "free_kl_mean": _mean(free_kl[1:]),
+        "multi_member": any(len(s) > 1 for r in (iso, vis) for s in r.steps),
         "free_kl_after_divergence": _mean(free_kl[div:]) if div is not None else None,
         "forced_attention_max_abs_diff": attn["max_abs_diff"],
         "forced_attention_corr": attn["corr"],
         "forced_attention_layer_mean_abs_diff": attn["layer_mean_abs_diff"],
+        "forced_attention_max_abs_diff_no_siblings": attn_out["max_abs_diff"],
+        "forced_attention_corr_no_siblings": attn_out["corr"],
         "sibling_attention_visible": cross_vis.get("siblings_all"),
         "sibling_attention_isolated": cross_iso.get("siblings_all"),
         "received_isolated": M.received_attention(p_ii, li),
         "received_visible": M.received_attention(p_vv, lv),
+        "matched_isolated": M.position_matched_received(p_ii, li),
+        "matched_visible": M.position_matched_received(p_vv, lv),
     }
     if detail:
         out["forced_per_step"] = forced

@@ -75,13 +75,80 @@ def _aggregate(records: list[dict[str, Any]], kw: dict[str, Any]) -> dict[str, A
                 block[f"{key}_by_layer"] = [
                     S.sig(x) for x in np.mean([x[f"{key}_by_layer"] for x in rec], 0)
                 ]
+        # the same ratios on the log scale (geometric mean), and per layer with Holm
+        # over the layers
+        for key in ("token_in", "token_out", "set_in"):
+            block[f"{key}_log"] = _log_test([x[key] for x in rec], kw)
+        if rec:
+            block["token_in_layers_holm"] = _layer_family([x["token_in_by_layer"] for x in rec], kw)
         out[f"received_{mode}"] = block
+        out[f"matched_{mode}"] = _matched(
+            [r[f"matched_{mode}"] for r in records if r[f"matched_{mode}"]], kw
+        )
+    out["tokens_identical_multi_member"] = S.proportion(
+        [r["tokens_identical"] for r in records if r["multi_member"]]
+    )
+    for key in ("forced_attention_max_abs_diff_no_siblings", "forced_attention_corr_no_siblings"):
+        out[key] = S.describe(vals(key), **_boot(kw))
     both = [r for r in records if r["received_isolated"] and r["received_visible"]]
     out["received_token_in_iso_vs_vis"] = S.paired(
         [r["received_isolated"]["token_in"] for r in both],
         [r["received_visible"]["token_in"] for r in both],
         **kw,
     )
+    return out
+
+
+def _log_test(ratios: list[float], kw: dict[str, Any]) -> dict[str, Any]:
+    return S.log_ratio_test(ratios, **kw).summary()
+
+
+def _layer_family(by_layer: list[list[float]], kw: dict[str, Any]) -> dict[str, Any]:
+    """Per layer, the log-ratio test of one ratio over prompts, Holm-corrected over the
+    layers (the family); compact: the significant layers and per layer the geometric
+    mean and Holm-adjusted p."""
+    rows = np.asarray(by_layer, dtype=np.float64)
+    fam = S.holm_family(
+        {L: rows[:, L].tolist() for L in range(rows.shape[1])},
+        lambda xs: S.log_ratio_test(xs, **kw),
+    )
+    tests = fam.tests
+    return {
+        "m": fam.holm.m,
+        "significant_below_1": [
+            L
+            for L, t in zip(fam.labels, tests, strict=True)
+            if L in fam.significant() and (t.geometric_mean or 1) < 1
+        ],
+        "significant_above_1": [
+            L
+            for L, t in zip(fam.labels, tests, strict=True)
+            if L in fam.significant() and (t.geometric_mean or 1) > 1
+        ],
+        "geometric_mean": [S.sig(t.geometric_mean) for t in tests],
+        "p_holm": [S.sig(p) for p in fam.holm.p_adjusted],
+    }
+
+
+def _matched(rec: list[dict[str, Any]], kw: dict[str, Any]) -> dict[str, Any]:
+    """Position-matched attention received (`measures.position_matched_received`) over
+    prompts: the headline ratio on the log scale, per layer with Holm, the distance
+    regression, and the raw unmatched ratio (secondary)."""
+    out: dict[str, Any] = {"n": len(rec)}
+    if not rec:
+        return out
+    reg = [r["regression"] for r in rec if r["regression"]]
+    out |= {
+        "matched_log": _log_test([r["matched"] for r in rec], kw),
+        "matched_layers_holm": _layer_family([r["matched_by_layer"] for r in rec], kw),
+        "regression_member_ratio_log": _log_test([r["member_ratio"] for r in reg], kw),
+        "regression_per_step_pct": S.describe([r["per_step_pct"] for r in reg], **_boot(kw)),
+        "regression_r2": S.describe([r["r2"] for r in reg], **_boot(kw)),
+        "raw_token_out_log": _log_test(
+            [r["raw_token_out"] for r in rec if r["raw_token_out"] is not None], kw
+        ),
+        "n_member_cells_unmatched": int(sum(r["n_member_cells_unmatched"] for r in rec)),
+    }
     return out
 
 
@@ -191,10 +258,15 @@ def sweep_kind(
                         "forced_attention_layer_mean_abs_diff",
                         "received_isolated",
                         "received_visible",
+                        "matched_isolated",
+                        "matched_visible",
                     )
                 },
                 "received_token_in": [
                     (res[f"received_{m}"] or {}).get("token_in") for m in ("isolated", "visible")
+                ],
+                "matched": [
+                    (res[f"matched_{m}"] or {}).get("matched") for m in ("isolated", "visible")
                 ],
             }
         )
@@ -202,6 +274,7 @@ def sweep_kind(
     for key, recs in records.items():
         healthy = [r for r in recs if not any(r["collapse"])]
         configs[key] = {"all": _aggregate(recs, kw), "healthy": _aggregate(healthy, kw)}
+    _holm_over_settings(configs)
     t_ana = time.perf_counter() - t0 - t_gen
     timing: dict[str, Any] = {
         "generation_seconds": round(t_gen, 1),
@@ -252,6 +325,20 @@ def sweep_kind(
             "timing": timing,
         }
     )
+
+
+# paired tests repeated once per setting: Holm-corrected over the settings (the family)
+SETTING_TESTS = ("mean_set_size_iso_vs_vis", "collapse_iso_vs_vis", "received_token_in_iso_vs_vis")
+
+
+def _holm_over_settings(configs: dict[str, Any]) -> None:
+    """Add `p_holm` to each per-setting paired test: Holm over the settings."""
+    for subset in ("all", "healthy"):
+        for test in SETTING_TESTS:
+            blocks = [c[subset][test] for c in configs.values()]
+            adjusted = S.holm([b.get("p") for b in blocks]).p_adjusted
+            for b, p in zip(blocks, adjusted, strict=True):
+                b["p_holm"] = S.sig(p)
 
 
 def _plots(out_dir: Path, configs: dict[str, Any]) -> None:
