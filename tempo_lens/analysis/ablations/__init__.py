@@ -54,6 +54,7 @@ from tempo_lens.analysis.ablations.layer_patching import (
     head_patching,
     layer_patching,
 )
+from tempo_lens.analysis.ablations.member_knockout import MEMBER_KNOCKOUT
 from tempo_lens.analysis.ablations.partial_isolation import (
     PARTIAL_ISOLATION,
     PartialIsolation,
@@ -76,6 +77,7 @@ KINDS = (
     PARTIAL_ISOLATION,
     POSITION_ABLATION,
     DYNAMIC_THRESHOLD,
+    MEMBER_KNOCKOUT,
 )
 
 __all__ = [
