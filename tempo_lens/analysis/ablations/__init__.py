@@ -54,7 +54,11 @@ from tempo_lens.analysis.ablations.layer_patching import (
     head_patching,
     layer_patching,
 )
-from tempo_lens.analysis.ablations.member_knockout import MEMBER_KNOCKOUT
+from tempo_lens.analysis.ablations.member_knockout import (
+    MEMBER_KNOCKOUT,
+    MemberKnockout,
+    member_knockout,
+)
 from tempo_lens.analysis.ablations.partial_isolation import (
     PARTIAL_ISOLATION,
     PartialIsolation,
@@ -91,6 +95,7 @@ __all__ = [
     "DynamicThreshold",
     "HeadPatching",
     "LayerPatching",
+    "MemberKnockout",
     "PartialIsolation",
     "Patch",
     "PositionAblation",
@@ -111,6 +116,7 @@ __all__ = [
     "hook_name",
     "layer_patching",
     "mark_pruned",
+    "member_knockout",
     "marked_text",
     "offset_layout",
     "partial_isolation",
