@@ -149,7 +149,7 @@ def _experiment_state(out: Path) -> str:
     """old / new / partial: summary, config and every run must agree and load."""
     import yaml
 
-    from tempo_lens.analysis.experiment import load_summary
+    from tempo_lens.analysis.experiments.runner import load_summary
 
     try:
         load_summary(out)
@@ -163,8 +163,8 @@ def _experiment_state(out: Path) -> str:
 
 
 def experiment_scenario(root: Path, kills: int, rng: random.Random) -> dict[str, Any]:
-    from tempo_lens.analysis.config import resolve
-    from tempo_lens.analysis.experiment import run_experiment
+    from tempo_lens.analysis.experiments.config import resolve
+    from tempo_lens.analysis.experiments.runner import run_experiment
     from tempo_lens.testing import tiny_model
 
     model = tiny_model("llama")

@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 
 from tempo_lens import load_model
-from tempo_lens.analysis.config import load_config
-from tempo_lens.analysis.engines import InProcessEngine, RayEngine, model_identity
-from tempo_lens.analysis.experiment import RunOptions, batch_rows, grid, work_units
+from tempo_lens.analysis.experiments.config import load_config
+from tempo_lens.analysis.experiments.engines import InProcessEngine, RayEngine, model_identity
+from tempo_lens.analysis.experiments.runs import RunOptions, batch_rows, grid, work_units
 from tempo_lens.analysis.stats import bootstrap_ci
 from tempo_lens.generate import tokenize
 

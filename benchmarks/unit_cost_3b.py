@@ -34,8 +34,8 @@ import torch
 
 from benchmarks.gpu_scale_check import COGITO_3B
 from tempo_lens import generate, load_model
-from tempo_lens.analysis.config import load_config
-from tempo_lens.analysis.experiment import RunOptions, batch_rows, grid, work_units
+from tempo_lens.analysis.experiments.config import load_config
+from tempo_lens.analysis.experiments.runs import RunOptions, batch_rows, grid, work_units
 from tempo_lens.generate import tokenize
 
 ROOT = Path(__file__).resolve().parents[1]

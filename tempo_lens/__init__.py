@@ -22,6 +22,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
+    "GenerateConfig": "tempo_lens.config",
+    "Mode": "tempo_lens.config",
     "forward": "tempo_lens.generate",
     "generate": "tempo_lens.generate",
     "generate_stream": "tempo_lens.generate",
@@ -45,6 +47,8 @@ _LAZY = {
 }
 
 __all__ = [
+    "GenerateConfig",
+    "Mode",
     "Layout",
     "LayoutBatch",
     "ParallelSet",
@@ -69,6 +73,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from tempo_lens.config import GenerateConfig, Mode
     from tempo_lens.generate import forward, generate, generate_stream, mechanism_hooks, select
     from tempo_lens.hooks import isolation_hooks, mask_hooks, position_hooks
     from tempo_lens.layout import Layout, LayoutBatch, ParallelSet, PrunedMember

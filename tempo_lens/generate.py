@@ -28,13 +28,15 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
 from tempo_lens.backend import Model, backend_of
+from tempo_lens.config import NEXT_FROM as NEXT_FROM  # re-exported
+from tempo_lens.config import GenerateConfig, Threshold
+from tempo_lens.config import validate as validate  # re-exported
 from tempo_lens.errors import TempoError
 from tempo_lens.hooks import Hook, batch_hidden, check_hook_points, mask_hooks, position_hooks
 from tempo_lens.layout import Layout, LayoutBatch, ParallelSet, PrunedMember
 from tempo_lens.provenance import Provenance, describe_run
 from tempo_lens.run import TempoRun
 
-NEXT_FROM = ("mixture", "last", "first")
 FORWARD_MEMORY_BUDGET = 1 << 30  # bytes one batched replay may hold (`forward` splits)
 TOP_K = 20
 
@@ -129,7 +131,7 @@ def resolve_hook_names(model: Model, names: Iterable[CacheName]) -> list[str]:
     return resolved
 
 
-def _capture_hooks(names: Sequence[str], store: dict[str, torch.Tensor]) -> list[Hook]:
+def capture_hooks(names: Sequence[str], store: dict[str, torch.Tensor]) -> list[Hook]:
     # Stored under the name asked for: a TransformerBridge resolves TL alias names
     # (`blocks.0.hook_resid_post`) to hook points that carry their own name.
     def saver(name: str) -> Callable[[torch.Tensor, Any], None]:
@@ -141,7 +143,7 @@ def _capture_hooks(names: Sequence[str], store: dict[str, torch.Tensor]) -> list
     return [(name, saver(name)) for name in names]
 
 
-def _model_forward(
+def model_forward(
     model: Model,
     layout: Layout | LayoutBatch,
     n_query: int,
@@ -217,9 +219,9 @@ def forward(
     capture: list[Hook] = []
     if cache:
         names = list(model.hook_dict) if cache is True else resolve_hook_names(model, cache)
-        capture = _capture_hooks(names, store)
+        capture = capture_hooks(names, store)
     hooks = mechanism_hooks(model, batch, isolate) + list(fwd_hooks) + capture
-    logits = _model_forward(model, batch, len(batch), hooks, None)
+    logits = model_forward(model, batch, len(batch), hooks, None)
     if single:
         return logits, (ActivationCache(store, model) if cache else None)
     rows, caches = [], []
@@ -325,66 +327,10 @@ def token_strings(model: Model, tokens: Sequence[int]) -> list[str]:
 # Generation
 # ---------------------------------------------------------------------------------------
 
-Threshold = float | Callable[[int, int], float]
 Prompt = str | Sequence[int] | torch.Tensor
-
-
-@dataclass(frozen=True)
-class GenerateConfig:
-    """Every setting of one generation; `to_dict()` is what `TempoRun.config` holds."""
-
-    threshold: Threshold = 0.1
-    max_steps: int = 15
-    isolate: bool = True
-    next_from: str = "mixture"
-    max_parallel: int | None = None
-    eos_token_id: int | None = None
-    use_kv_cache: bool = True
-    prune: float | None = None
-
-    def __post_init__(self) -> None:
-        _validate(self.threshold, self.max_steps, self.next_from, self.max_parallel)
-        if self.prune is not None and not (0.0 < float(self.prune) < math.inf):
-            raise TempoError(f"prune must be a ratio > 0 (e.g. 0.5) or None, got {self.prune}")
-
-    def threshold_at(self, step: int) -> float:
-        t = self.threshold
-        return t(step, self.max_steps) if callable(t) else float(t)
-
-    def to_dict(self) -> dict[str, Any]:
-        t = self.threshold
-        out = {
-            "threshold": t if not callable(t) else getattr(t, "spec", repr(t)),
-            "max_steps": self.max_steps,
-            "isolate": self.isolate,
-            "next_from": self.next_from,
-            "max_parallel": self.max_parallel,
-            "eos_token_id": self.eos_token_id,
-            "use_kv_cache": self.use_kv_cache,
-        }
-        if self.prune is not None:
-            out["prune"] = self.prune
-        return out
-
-
-def _validate(
-    threshold: Threshold, max_steps: int, next_from: str, max_parallel: int | None
-) -> None:
-    if not callable(threshold):
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-            raise TempoError(
-                f"threshold must be a number in (0, 1] or a callable, got {threshold!r}"
-            )
-        if not 0.0 < threshold <= 1.0:  # NaN fails too
-            raise TempoError(f"threshold must lie in (0, 1], got {threshold}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise TempoError(f"max_steps must be an integer >= 1, got {max_steps!r}")
-    if not isinstance(next_from, str) or next_from not in NEXT_FROM:
-        raise TempoError(f"next_from must be one of {', '.join(NEXT_FROM)}, got {next_from!r}")
-    if max_parallel is not None and (
-        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
-    ):
-        raise TempoError(f"max_parallel must be an integer >= 1 or None, got {max_parallel!r}")
+# `step_hooks(step)`: TL `(name, fn)` hooks for one forward only — the one that gives the
+# distribution set `step` is selected from (0: the prompt's forward).
+StepHooks = Callable[[int], Sequence[Hook]]
 
 
 def prune_rule(scores: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -441,14 +387,15 @@ class Decoder:
     def _per_key(self) -> list[str]:
         return ["hidden_after", "attention_received", "queries_seen"]
 
-    def forward(self, capture: Sequence[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, step_hooks: Sequence[Hook] = ()) -> torch.Tensor:
+        """Logits `[batch, q, vocab]` of the newest block; `step_hooks` run at this forward
+        only, after the mechanism's and the decoder's `fwd_hooks`."""
         n = len(self.batch)
         n_query = n - self.cached if self.kv is not None else n
         q_step = self.batch.step[:, n - n_query :].to(torch.float64)
         hidden = q_step[:, :, None] > self.hidden_after[:, None, :]
-        store: dict[str, torch.Tensor] = {}
         hooks = mechanism_hooks(self.model, self.batch, self.isolate, n_query, hidden)
-        hooks += self.fwd_hooks + _capture_hooks(capture, store)
+        hooks += self.fwd_hooks + list(step_hooks)
         received: list[torch.Tensor] = []
         if self.track_attention:
 
@@ -456,11 +403,11 @@ class Decoder:
                 received.append(pattern.detach().double().mean(1).cpu())  # [batch, q, n]
 
             hooks.append((lambda name: name.endswith("attn.hook_pattern"), add))
-        logits = _model_forward(self.model, self.batch, n_query, hooks, self.kv)
+        logits = model_forward(self.model, self.batch, n_query, hooks, self.kv)
         if received:
             self._add_attention(torch.stack(received).mean(0))
         self.cached = n
-        return logits, store
+        return logits
 
     def _add_attention(self, attn: torch.Tensor) -> None:
         """Add the newest block's queries' attention to keys of earlier steps."""
@@ -537,9 +484,14 @@ class _Generation:
         names: list[str],
         keep_logits: bool,
         fwd_hooks: Sequence[Hook],
+        step_hooks: StepHooks | None = None,
     ):
         self.model, self.config, self.names = model, config, names
         self.keep_logits = keep_logits
+        self.step_hooks = step_hooks
+        self.step = 0  # the forward about to run: 0 reads the prompt, s + 1 reads set s
+        self.used_step_hooks: list[Hook] = []  # each distinct (point, function) once
+        self._seen: set[tuple[str, str]] = set()
         self.rows = [
             _Row(Layout.from_prompt(p), activations={n: [] for n in names}) for p in prompts
         ]
@@ -554,10 +506,20 @@ class _Generation:
         self.live = list(range(len(prompts)))  # run index of every batch row
 
     def _forward(self, first: bool) -> None:
-        """One forward over the newest block; record each row's rows and captures and
-        the distribution its next set is selected from."""
+        """One forward over the newest block, with this step's hooks (the capture and the
+        user's `step_hooks`); record each row's logit rows and captures and the
+        distribution its next set is selected from."""
         dec, cfg = self.decoder, self.config
-        logits, store = dec.forward(self.names)
+        store: dict[str, torch.Tensor] = {}
+        hooks = capture_hooks(self.names, store)
+        if self.step_hooks is not None:
+            user = list(self.step_hooks(self.step))
+            check_hook_points(self.model, user)
+            self.used_step_hooks += [h for h in user if _hook_key(h) not in self._seen]
+            self._seen |= {_hook_key(h) for h in user}
+            hooks += user
+        logits = dec.forward(hooks)
+        self.step += 1
         n = len(dec)
         for b, i in enumerate(self.live):
             row = self.rows[i]
@@ -663,7 +625,7 @@ class _Generation:
         return TempoRun(
             prompt=prompt if isinstance(prompt, str) else None,
             model_name=self.model.cfg.model_name,
-            config=self.config.to_dict(),
+            config=self.config,
             layout=row.layout,
             steps=row.steps,
             token_strs=token_strings(self.model, row.layout.tokens.tolist()),
@@ -678,6 +640,12 @@ class _Generation:
             pruned=row.pruned,
             provenance=provenance,
         )
+
+
+def _hook_key(hook: Hook) -> tuple[str, str]:
+    point, fn = hook
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    return (point if isinstance(point, str) else repr(point), f"{fn.__module__}.{name}")
 
 
 def row_open(row: _Row) -> bool:
@@ -702,6 +670,7 @@ def generate(
     eos_token_id: int | None = -1,
     prune: float | None = None,
     label: str | None = None,
+    step_hooks: StepHooks | None = None,
 ) -> Any:
     """Generate with TEMPO: at each logical step keep every token whose probability
     passes `threshold` (docs/design.md's selection rule), append the set at one shared
@@ -723,7 +692,10 @@ def generate(
     (stderr; a widget in notebooks). Captures are in `run.activations`, kept logits in
     `run.logits`. `fwd_hooks` (TL `(name, fn)` pairs) run at every forward after the
     mechanism's hooks; the run's `provenance` names them (and `label`, a note of yours),
-    since a saved run cannot replay them.
+    since a saved run cannot replay them. `step_hooks(step)` gives hooks for one forward
+    only, the one whose logits set `step` is selected from (0: the prompt's forward): an
+    intervention that varies per step; `cache` is built the same way. The provenance
+    names every hook it returned.
     """
     config, names = _settings(
         model,
@@ -744,21 +716,22 @@ def generate(
         raise TempoError("the list of prompts is empty; give at least one prompt")
     tokens = [_prompt_tokens(model, p) for p in prompts]
     t0 = time.perf_counter()
-    gen = _Generation(model, tokens, config, names, keep_logits, fwd_hooks)
+    gen = _Generation(model, tokens, config, names, keep_logits, fwd_hooks, step_hooks)
     bar = _progress(config.max_steps * len(prompts), progress)
     for _ in gen.sets():
         bar.update(1)
     bar.close()
     seconds = (time.perf_counter() - t0) / len(prompts)
-    provenance = describe_run(model, fwd_hooks, label)
-    runs = []
-    for row, p, toks in zip(gen.rows, prompts, tokens, strict=True):
+    rows, used = [], gen.used_step_hooks
+    for row, toks in zip(gen.rows, tokens, strict=True):
         if row.redo:  # the padded batch outgrew the context; this row alone does not
-            redo = _Generation(model, [toks], config, names, keep_logits, fwd_hooks)
+            redo = _Generation(model, [toks], config, names, keep_logits, fwd_hooks, step_hooks)
             for _ in redo.sets():
                 pass
-            row = redo.rows[0]
-        runs.append(gen.run(row, p, seconds, provenance))
+            row, used = redo.rows[0], used + redo.used_step_hooks
+        rows.append(row)
+    provenance = describe_run(model, list(fwd_hooks) + used, label)
+    runs = [gen.run(row, p, seconds, provenance) for row, p in zip(rows, prompts, strict=True)]
     return runs[0] if single else runs
 
 
@@ -768,8 +741,11 @@ def generate_stream(model: Model, prompt: Prompt, **kwargs: Any) -> Iterator[Par
     kwargs.pop("progress", None)
     keep_logits = bool(kwargs.pop("keep_logits", False))
     fwd_hooks = kwargs.pop("fwd_hooks", ())
+    step_hooks = kwargs.pop("step_hooks", None)
+    kwargs.pop("label", None)
     config, names = _settings(model, **kwargs)
-    gen = _Generation(model, [_prompt_tokens(model, prompt)], config, names, keep_logits, fwd_hooks)
+    tokens = [_prompt_tokens(model, prompt)]
+    gen = _Generation(model, tokens, config, names, keep_logits, fwd_hooks, step_hooks)
     for _, ps in gen.sets():
         yield ps
 

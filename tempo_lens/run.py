@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
+from tempo_lens.config import GenerateConfig
 from tempo_lens.errors import TempoError
 from tempo_lens.layout import Layout, ParallelSet, PrunedMember
 from tempo_lens.provenance import Provenance
@@ -46,7 +47,7 @@ def _visible(member: str) -> str:
 class TempoRun:
     prompt: str | None
     model_name: str
-    config: dict[str, Any]
+    config: GenerateConfig
     layout: Layout
     steps: list[ParallelSet]
     token_strs: list[str]
@@ -59,6 +60,8 @@ class TempoRun:
     pruned: list[PrunedMember] = field(default_factory=list)  # live retroactive pruning
     # what made the run beyond `config`: fwd_hooks, label, versions, weight hash
     provenance: Provenance | None = None
+    # analysis results attached to the run (JSON-able; e.g. after-the-fact pruning scores)
+    notes: dict[str, Any] = field(default_factory=dict)
 
     # -- text views ---------------------------------------------------------------------
     def step_strs(self, step: int) -> list[str]:
@@ -129,8 +132,8 @@ class TempoRun:
         s = self.stats()
         facts = (
             f"{self.model_name} | {s['steps']} steps | {s['physical_tokens']} physical tokens | "
-            f"max set {s['max_set_size']} | threshold {self.config.get('threshold')} | "
-            f"{'isolated' if self.config.get('isolate', True) is True else 'visible'} | "
+            f"max set {s['max_set_size']} | threshold {self.config.threshold} | "
+            f"{self.config.mode} | "
             f"stop: {self.stop_reason}"
         )
         if self.activations:
@@ -171,7 +174,7 @@ class TempoRun:
             "format_version": FORMAT_VERSION,
             "prompt": self.prompt,
             "model_name": self.model_name,
-            "config": self.config,
+            "config": self.config.to_dict(),
             "stop_reason": self.stop_reason,
             "seconds": self.seconds,
             "steps": [
@@ -186,6 +189,7 @@ class TempoRun:
             "has_logits": self.logits is not None,
             "pruned": [asdict(p) for p in self.pruned],
             "provenance": self.provenance.model_dump() if self.provenance else None,
+            "notes": self.notes,
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -258,6 +262,7 @@ class RunFile(BaseModel):
     has_logits: bool
     pruned: list[_PrunedFile] = []
     provenance: Provenance | None = None  # absent in runs written before provenance existed
+    notes: dict[str, Any] = {}
 
 
 def save_run(run: TempoRun, directory: str | os.PathLike, *, lock: bool = True) -> Path:
@@ -296,10 +301,14 @@ def load_run(directory: str | os.PathLike) -> TempoRun:
     if meta.has_logits:
         keys = [k for k in t if k.startswith("logits.")]
         logits = [t[f"logits.{i}"] for i in range(len(keys))]
+    try:
+        config = GenerateConfig.from_dict(meta.config)
+    except TempoError as err:
+        raise TempoError(f"{d / 'run.json'}: config: {err}; regenerate the run") from None
     return TempoRun(
         prompt=meta.prompt,
         model_name=meta.model_name,
-        config=meta.config,
+        config=config,
         layout=Layout(t["layout.tokens"], t["layout.positions"], t["layout.step"]),
         steps=[ParallelSet(s.tokens, s.probs, s.position) for s in meta.steps],
         token_strs=meta.token_strs,
@@ -311,6 +320,7 @@ def load_run(directory: str | os.PathLike) -> TempoRun:
         logits=logits,
         pruned=[PrunedMember(**p.model_dump()) for p in meta.pruned],
         provenance=meta.provenance,
+        notes=meta.notes,
     )
 
 

@@ -200,7 +200,7 @@ def test_live_pruning_batched_equals_single_and_round_trips(tiny_pair, tmp_path)
     loaded = tl.load_run(batched[0].save(tmp_path / "run"))
     assert loaded.pruned == batched[0].pruned
     assert loaded.text() == batched[0].text()
-    assert loaded.config["prune"] == 0.9
+    assert loaded.config.prune == 0.9
     # the bracket text strikes a pruned member `~tok~`, the HTML report <s>tok</s>
     from tempo_lens.viz.report import bracket_html
 
@@ -217,7 +217,7 @@ def test_live_pruning_batched_equals_single_and_round_trips(tiny_pair, tmp_path)
 
 
 def test_generate_unit_batches_and_keeps_order(tiny_pair):
-    from tempo_lens.analysis.experiment import RunOptions, RunSpec, generate_unit
+    from tempo_lens.analysis.experiments.runs import RunOptions, RunSpec, generate_unit
 
     model, _, _ = tiny_pair
     specs = [
@@ -233,4 +233,4 @@ def test_generate_unit_batches_and_keeps_order(tiny_pair):
             model, spec.prompt, threshold=0.1, max_steps=4, isolate=spec.isolate, eos_token_id=None
         )
         assert _sets(a) == _sets(b) == _sets(alone)
-        assert a.prompt == spec.prompt and a.config["isolate"] == spec.isolate
+        assert a.prompt == spec.prompt and a.config.isolate == spec.isolate

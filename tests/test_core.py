@@ -305,3 +305,48 @@ def test_hook_lists_compose_with_plain_run_with_hooks(tiny_pair):
     plain = model.run_with_hooks(layout.tokens[None].to(model.cfg.device), fwd_hooks=hooks)
     ours, _ = tl.forward(model, layout, isolate=True)
     assert torch.equal(plain, ours)
+
+
+# Per-step hooks ----------------------------------------------------------------------------
+
+
+def test_step_hooks_run_once_per_forward_and_only_there(tiny_pair):
+    """`step_hooks(step)` is asked once per forward (0 = the prompt's); an intervention
+    returned for one step changes that step's set onward and nothing before it; the
+    provenance names it."""
+    model, _, _ = tiny_pair
+    plain = _tiny_run(model)
+    asked = []
+
+    def record(step):
+        asked.append(step)
+        return []
+
+    assert _sets(_tiny_run(model, step_hooks=record)) == _sets(plain)
+    assert asked == list(range(len(plain.steps)))  # the last set is never read back
+
+    def boost_eos_at_3(act, hook):  # push every query of that forward towards token 5
+        return act + 50.0 * model.W_U[:, 5]
+
+    def at_three(step):
+        return [("ln_final.hook_normalized", boost_eos_at_3)] if step == 3 else []
+
+    run = _tiny_run(model, step_hooks=at_three)
+    assert _sets(run)[:3] == _sets(plain)[:3]
+    assert run.steps[3].tokens[0] == 5 != plain.steps[3].tokens[0]
+    assert [h.hook for h in run.provenance.fwd_hooks] == ["ln_final.hook_normalized"]
+
+
+def test_capture_is_a_step_hook(tiny_pair):
+    """What `cache=` captures equals what a user's own per-step saving hook sees."""
+    model, _, _ = tiny_pair
+    name = "blocks.1.hook_resid_post"
+    seen = []
+
+    def save_at(step):
+        return [(name, lambda act, hook: seen.append(act.detach().clone()))]
+
+    run = _tiny_run(model, cache=[name], step_hooks=save_at)
+    assert len(seen) == len(run.activations[name])
+    for mine, got in zip(seen, run.activations[name], strict=True):
+        assert torch.equal(mine[0], got)

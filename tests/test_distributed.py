@@ -14,10 +14,11 @@ import pytest
 import yaml
 
 from tempo_lens import load_model, load_run
-from tempo_lens.analysis.config import resolve
-from tempo_lens.analysis.engines import RayEngine, model_identity
-from tempo_lens.analysis.experiment import grid, run_experiment
-from tempo_lens.analysis.frames import to_pandas
+from tempo_lens.analysis.experiments.config import resolve
+from tempo_lens.analysis.experiments.engines import RayEngine, model_identity
+from tempo_lens.analysis.experiments.frames import to_pandas
+from tempo_lens.analysis.experiments.runner import run_experiment
+from tempo_lens.analysis.experiments.runs import grid
 
 
 def _raw(**kw):
@@ -138,8 +139,8 @@ class KillAWorker:
         self.inner = inner
         self.killed: list[int] = []
 
-    def generate_units(self, units, options, deadline=None):
-        for i, item in enumerate(self.inner.generate_units(units, options, deadline)):
+    def generate_units(self, units, options):
+        for i, item in enumerate(self.inner.generate_units(units, options)):
             if i == 0:
                 pid = self.inner.busy_pids()[-1]
                 os.kill(pid, signal.SIGKILL)

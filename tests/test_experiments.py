@@ -15,11 +15,13 @@ import tempo_lens
 from tempo_lens import Layout, TempoError
 from tempo_lens.analysis import measures as M
 from tempo_lens.analysis import stats as S
-from tempo_lens.analysis.config import load_config, resolve
-from tempo_lens.analysis.experiment import run_experiment
-from tempo_lens.analysis.findings import build
+from tempo_lens.analysis.experiments.config import load_config, resolve
+from tempo_lens.analysis.experiments.runner import run_experiment
 from tempo_lens.testing import tiny_hf_model, tiny_model
 from tests.reference import tempo_inputs
+from tests.scripts import load_script
+
+findings = load_script("experiments/seed_study/findings.py")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -58,7 +60,7 @@ def _without_timing(summary):
         (_sweep_raw(next_form=["last"]), "'next_from'"),
         (_sweep_raw(timing_rep=3), "'timing_reps'"),  # a kind-specific key
         (_sweep_raw(kind="swep"), "'sweep'"),
-        (_sweep_raw(modes=["isolate"]), "'isolated'"),
+        (_sweep_raw(kind="positions", modes=["isolate"]), "'isolated'"),
     ],
 )
 def test_misspelled_key_names_the_right_one(raw, named):
@@ -72,11 +74,77 @@ def test_schema_rejects_bad_values_and_fills_defaults():
     with pytest.raises(TempoError, match="thresholds.0: Input should be less than or equal to 1"):
         resolve(_sweep_raw(thresholds=[1.5]))
     with pytest.raises(TempoError, match="'timing_reps'"):
-        resolve(_sweep_raw(kind="attention", timing_rep=1))
+        resolve(_sweep_raw(kind="logits", timing_rep=1))
     c = resolve({"name": "x", "kind": "positions", "prompts": "one prompt", "thresholds": 0.2})
     assert c["thresholds"] == [0.2] and c["modes"] == ["isolated", "visible"]
     assert c["tolerance"] == 1e-3 and c["max_steps"] == 15 and c["seed"] == 42
     assert c["prompts"] == [{"id": "p000", "category": "prompts", "text": "one prompt"}]
+
+
+def test_unused_and_single_keys_are_refused_naming_the_key():
+    with pytest.raises(TempoError, match="^modes: the sweep kind does not read 'modes'"):
+        resolve(_sweep_raw(modes=["isolated"]))
+    with pytest.raises(TempoError, match="^seed: the attention kind does not read 'seed'"):
+        resolve(_sweep_raw(kind="attention", next_from="mixture", seed=1))
+    with pytest.raises(TempoError, match=r"^thresholds: the layer_patching kind reads one value"):
+        resolve(_sweep_raw(kind="layer_patching", next_from="last", thresholds=[0.1, 0.2]))
+    c = resolve(_sweep_raw(kind="layer_patching", next_from="last", thresholds=0.2))
+    assert (c["thresholds"], c["next_from"], c["head_layers"]) == ([0.2], ["last"], 6)
+
+
+def test_kind_keys_defaults_come_from_the_keys_model():
+    from tempo_lens.analysis.experiments.registry import KINDS, kind
+
+    assert len({k.name for k in KINDS}) == len(KINDS)
+    c = resolve(_sweep_raw(kind="partial_isolation", next_from="mixture"))
+    assert c["biases"] == [0, 0.5, 1, 2, 4, 8, 16, 10000] and c["windows"] == [0, 1, 2, 3]
+    c = resolve(_sweep_raw(kind="position_ablation", next_from="mixture"))
+    assert c["deltas"] == [0.25, 0.5, 1, 2] and c["gaps"] == [1, 5, 20, 100, 1000]
+    assert kind("sweep").keys.model_fields["timing_reps"].default == 10
+    with pytest.raises(TempoError, match="unknown kind 'sweeep'; did you mean 'sweep'"):
+        kind("sweeep")
+
+
+def _suite(tmp_path):
+    path = tmp_path / "suite.yaml"
+    suite = {"a": ["a0", "a1", "a2"], "b": ["b0"], "c": ["c0", "c1"]}
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("n", "how", "texts"),
+    [
+        (4, "first", ["a0", "a1", "a2", "b0"]),
+        (4, "stratified", ["a0", "a1", "b0", "c0"]),  # round 1: a0 b0 c0, round 2: a1
+        (5, "stratified", ["a0", "a1", "b0", "c0", "c1"]),  # b has no second prompt
+        (9, "stratified", ["a0", "a1", "a2", "b0", "c0", "c1"]),
+    ],
+)
+def test_max_prompts_sampling(tmp_path, n, how, texts):
+    raw = _sweep_raw(prompts=None, prompt_suite="suite.yaml", max_prompts=n, sample=how)
+    c = resolve({k: v for k, v in raw.items() if v is not None}, _suite(tmp_path).parent)
+    assert [p["text"] for p in c["prompts"]] == texts
+    assert [p["category"] for p in c["prompts"]] == [t[0] for t in texts]
+    assert [p["id"] for p in c["prompts"]] == [f"p{i:03d}" for i in range(len(texts))]
+
+
+def test_stratified_sampling_needs_a_suite_and_a_count(tmp_path):
+    with pytest.raises(TempoError, match="sample: stratified .* give 'prompt_suite:'"):
+        resolve(_sweep_raw(sample="stratified", max_prompts=1))
+    with pytest.raises(TempoError, match="sample: Input should be 'first' or 'stratified'"):
+        resolve(_sweep_raw(sample="random"))
+
+
+def test_report_heading_leaves_out_keys_the_kind_does_not_read():
+    from tempo_lens.analysis.experiments.registry import kind
+    from tempo_lens.analysis.experiments.runner import render_report
+
+    section = resolve(_sweep_raw(kind="layer_patching", next_from="last"))
+    summary = {"model": "m", "n_prompts": 2, "timing": {}}
+    text = render_report(kind("layer_patching"), summary, section, Path("/nonexistent"))
+    assert "prompts: 2; thresholds: [0.1]; max_steps: 4; next_from: ['last']." in text
+    assert "modes:" not in text and "| n_prompts | 2 |" in text
 
 
 def test_cli_reports_schema_error_on_one_line(tmp_path, capsys):
@@ -315,7 +383,7 @@ def test_findings_cover_every_claim(llama, tmp_path):
         tmp_path / "l",
         model=llama,
     )
-    text = build(sweep, {"logits": exp}, "tempo-lens findings X")
+    text = findings.build(sweep, {"logits": exp}, "findings.py X")
     assert text.count("\n| ") >= 9  # header + 8 claims
     for claim in (
         "tokens identical",
@@ -328,7 +396,7 @@ def test_findings_cover_every_claim(llama, tmp_path):
         "1 prompt",
     ):
         assert claim in text
-    assert "tempo-lens findings X" in text.split("\n")[5]
+    assert "findings.py X" in text.split("\n")[5]
 
 
 @pytest.mark.embedded
@@ -339,8 +407,23 @@ def test_positions_shared_in_embedded_model(embedded):
     assert r["n_shifted"] == 2 and r["min_diff_physical"] > 1e-2
 
 
+def test_findings_script_writes_and_rewrites_its_file(llama, tmp_path, capsys):
+    run_experiment(resolve(_sweep_raw(name="sweep")), tmp_path / "sweep", model=llama)
+    out = tmp_path / "findings.md"
+    for _ in range(2):  # the second run replaces the file the first one wrote
+        assert findings.main([str(tmp_path / "sweep"), "--out", str(out)]) == 0
+        assert capsys.readouterr().out == f"wrote {out}\n"
+    lines = out.read_text().split("\n")
+    assert lines[0].startswith("# Findings") and lines[5].startswith(
+        "python experiments/seed_study/findings.py "
+    )
+    assert findings.main([str(tmp_path / "missing"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("findings.py: error: ") and err.count("\n") == 1
+
+
 def test_findings_position_gap_row_verdicts():
-    from tempo_lens.analysis.findings import _position_gap_row
+    position_gap_row = findings.position_gap_row
 
     def pos(k5, k1000):
         v = {"kl_members": 0.0, "kl_next": 0.0, "top1_agree": 1.0}
@@ -349,8 +432,8 @@ def test_findings_position_gap_row_verdicts():
             "variants": {"gap 5": v | {"kl_members": k5}, "gap 1000": v | {"kl_members": k1000}},
         }
 
-    assert _position_gap_row(None)[3].startswith("not comparable")
-    row = _position_gap_row(pos(0.1, 1.0))
+    assert position_gap_row(None)[3].startswith("not comparable")
+    row = position_gap_row(pos(0.1, 1.0))
     assert row[3].startswith("**refuted**") and "10% of gap 1000" in row[3]
     assert "n = 3 prompts" in row[2] and "gap 5: KL 0.1" in row[2]
-    assert _position_gap_row(pos(0.9, 1.0))[3].startswith("confirmed")
+    assert position_gap_row(pos(0.9, 1.0))[3].startswith("confirmed")

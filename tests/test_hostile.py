@@ -16,12 +16,12 @@ import yaml
 
 import tempo_lens as tl
 from tempo_lens import TempoError
-from tempo_lens.analysis.config import load_config, resolve
-from tempo_lens.analysis.experiment import default_out, load_summary, run_experiment
-from tempo_lens.analysis.findings import write_findings
+from tempo_lens.analysis.experiments.config import load_config, resolve
+from tempo_lens.analysis.experiments.runner import default_out, load_summary, run_experiment
 from tempo_lens.cli import main
 from tempo_lens.testing import tiny_model
 from tempo_lens.viz.report import build_report
+from tests.scripts import load_script
 
 USER_BYTES = b"my thesis \x00\xff draft 3\n"
 
@@ -44,6 +44,9 @@ def _copy_run(saved_run, tmp_path):
     dst = tmp_path / "r"
     shutil.copytree(saved_run, dst)
     return dst
+
+
+findings = load_script("experiments/seed_study/findings.py")
 
 
 def _cli(capsys, *argv):
@@ -183,7 +186,7 @@ def test_findings_out_onto_a_user_file_keeps_it(llama, tmp_path):
     mine = tmp_path / "findings.md"
     mine.write_bytes(USER_BYTES)
     with pytest.raises(TempoError, match="was not written by tempo_lens"):
-        write_findings(exp, [], mine)
+        findings.write_findings(exp, [], mine)
     assert mine.read_bytes() == USER_BYTES
 
 
@@ -283,8 +286,8 @@ def test_findings_on_a_damaged_summary_is_one_line(capsys, tmp_path, content, me
     (d / "summary.json").write_bytes(content)
     with pytest.raises(TempoError, match=message):
         load_summary(d)
-    code, _, err = _cli(capsys, "findings", d, "--out", tmp_path / "f.md")
-    _one_line_error(code, err, "summary.json")
+    code, err = findings.main([str(d), "--out", str(tmp_path / "f.md")]), capsys.readouterr().err
+    _one_line_error(code, err.replace("findings.py:", "tempo-lens:", 1), "summary.json")
     assert not (tmp_path / "f.md").exists()
 
 
@@ -292,8 +295,8 @@ def test_findings_on_a_summary_lacking_figures_is_one_line(capsys, tmp_path):
     d = tmp_path / "sweep"
     d.mkdir()
     (d / "summary.json").write_text('{"name": "s", "kind": "sweep", "model": "m", "timing": {}}')
-    code, _, err = _cli(capsys, "findings", d, "--out", tmp_path / "f.md")
-    _one_line_error(code, err, "lack figures the findings need")
+    code, err = findings.main([str(d), "--out", str(tmp_path / "f.md")]), capsys.readouterr().err
+    _one_line_error(code, err.replace("findings.py:", "tempo-lens:", 1), "lack figures")
 
 
 # -- class 3: config values, all checked before any model loads ------------------------------
@@ -312,7 +315,8 @@ def test_findings_on_a_summary_lacking_figures_is_one_line(capsys, tmp_path):
         ({"permutations": 2.5}, "permutations"),
         ({"timing_reps": "abc"}, "timing_reps"),
         ({"timing_reps": -1}, "timing_reps"),
-        ({"time_budget_minutes": "soon"}, "time_budget_minutes"),
+        ({"timing_threshold": "soon"}, "timing_threshold"),
+        ({"sample": "random"}, "sample"),
         ({"max_parallel": 0}, "max_parallel"),
         ({"max_steps": True}, "max_steps"),
         ({"max_steps": 10**9}, "max_steps"),

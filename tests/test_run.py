@@ -30,7 +30,7 @@ def test_bracket_text_hoists_common_space():
     run = tl.TempoRun(
         prompt="p",
         model_name="m",
-        config={},
+        config=tl.GenerateConfig(),
         layout=layout,
         steps=[tl.ParallelSet([7], [0.9], 1), tl.ParallelSet([8, 9, 10], [0.3, 0.2, 0.1], 2)],
         token_strs=["p", " windowsill", " The", " She", " It"],

@@ -373,7 +373,7 @@ def test_report_shows_provenance_and_says_replay_is_not_faithful(llama, tmp_path
 
 
 def test_experiment_summary_and_markdown_tables_stay_readable(tmp_path):
-    from tempo_lens.analysis.kinds import _table as markdown_table
+    from tempo_lens.analysis.experiments.markdown import table as markdown_table
 
     root = tmp_path / "exp"
     root.mkdir()

@@ -37,16 +37,16 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
 
 
 def _experiment(args: Any) -> int:
-    from tempo_lens.analysis.config import load_config
-    from tempo_lens.analysis.engines import check_engine
-    from tempo_lens.analysis.experiment import default_out, run_experiment
-    from tempo_lens.cli import check_out_dir
+    from tempo_lens.analysis.experiments.config import load_config
+    from tempo_lens.analysis.experiments.engines import check_engine
+    from tempo_lens.analysis.experiments.runner import default_out, run_experiment
+    from tempo_lens.storage import check_target
 
     section = load_config(args.config)
     if args.model is not None:
         section["model"] = args.model
     check_engine(args.engine, args.address, args.workers, args.gpus_per_worker)
-    check_out_dir(args.out if args.out is not None else str(default_out(section)), "experiment")
+    check_target(args.out if args.out is not None else default_out(section), "experiment")
     out = Path(args.out) if args.out is not None else default_out(section)
     summary = run_experiment(
         section,

@@ -50,12 +50,12 @@ def test_schedule_drives_generation_and_is_recorded(tmp_path):
     model = tiny_model("llama")
     relu = ab.relu_threshold(activation=0.5, final=1.0, base=0.05)
     run = tl.generate(model, "The cat sat", threshold=relu, max_steps=8, eos_token_id=None)
-    assert run.config["threshold"] == relu.spec
+    assert run.config.threshold == relu
     for s, ps in enumerate(run.steps):  # each set obeys the threshold of its step
         thr = relu(s, 8)
         assert all(p >= thr for p in ps.probs) or len(ps) == 1
     assert all(len(ps) == 1 for ps in run.steps[-2:])  # thresholds near 1 → top-1 fallback
-    assert tl.load_run(run.save(tmp_path / "r")).config["threshold"] == relu.spec
+    assert tl.load_run(run.save(tmp_path / "r")).config.threshold == relu.spec
 
 
 def test_pruning_rule_on_hand_built_attention():
@@ -81,9 +81,9 @@ def test_retroactive_prune_marks_run(tmp_path):
     assert not (res.pruned & ~scored).any()
     marked = ab.mark_pruned(run, res)
     assert len(marked.layout) == len(run.layout)  # nothing removed
-    assert "retroactive_pruning" not in run.config
+    assert "retroactive_pruning" not in run.notes
     loaded = tl.load_run(marked.save(tmp_path / "m"))
-    info = loaded.config["retroactive_pruning"]
+    info = loaded.notes["retroactive_pruning"]
     assert len(info["pruned"]) == int(res.pruned.sum())
     assert info["marked_text"].count("~") == 2 * int(res.pruned.sum())
     # hiding the pruned members: no later token attends to them any more

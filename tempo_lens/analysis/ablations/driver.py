@@ -55,14 +55,6 @@ def as_sources(source: Source | Sequence[Source]) -> tuple[list[Source], bool]:
     return list(source), False
 
 
-def run_setting(run: TempoRun, key: str, default: Any) -> Any:
-    """One generation setting of a run (its config, a dict or a dataclass)."""
-    config = run.config
-    if isinstance(config, dict):
-        return config.get(key, default)
-    return getattr(config, key, default)
-
-
 def layout_and_weights(source: Source) -> tuple[Layout, torch.Tensor]:
     """The layout and each token's selection probability (1 for a bare Layout)."""
     if isinstance(source, TempoRun):
@@ -106,11 +98,7 @@ class Replays:
     ):
         self.source = source
         self.layout, self.weights = layout_and_weights(source)
-        self.next_from = (
-            run_setting(source, "next_from", "mixture")
-            if isinstance(source, TempoRun)
-            else "mixture"
-        )
+        self.next_from = source.config.next_from if isinstance(source, TempoRun) else "mixture"
         (iso_logits, self.iso_cache), (vis_logits, self.vis_cache) = iso, vis
         self.iso_logits, self.vis_logits = iso_logits[0], vis_logits[0]
         self.iso = self.rows(self.iso_logits)

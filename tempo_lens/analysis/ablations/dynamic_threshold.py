@@ -24,7 +24,7 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from pydantic import Field
 
-from tempo_lens.analysis.ablations.driver import jsonable, run_setting, section_runs, section_texts
+from tempo_lens.analysis.ablations.driver import jsonable, section_runs, section_texts
 from tempo_lens.analysis.ablations.plots import line_figure
 from tempo_lens.analysis.experiments.kind import Kind, KindKeys, Unit
 from tempo_lens.backend import Model
@@ -158,7 +158,7 @@ def retroactive_prune(
     mean score are marked pruned."""
     layout = run.layout
     if isolate is None:
-        isolate = bool(run_setting(run, "isolate", True))
+        isolate = run.config.isolate
     _, cache = forward(model, layout, isolate=isolate, cache=["hook_pattern"])
     attn = cache.stack_activation("pattern")[:, 0].mean((0, 1))  # [q, k]
     return prune_by_attention(layout, attn, ratio)
@@ -202,11 +202,11 @@ def marked_text(run: TempoRun, pruned: torch.Tensor) -> str:
 
 
 def mark_pruned(run: TempoRun, result: PruneResult) -> TempoRun:
-    """A copy of `run` whose config records the pruning (`config["retroactive_pruning"]`:
+    """A copy of `run` whose notes record the pruning (`notes["retroactive_pruning"]`:
     ratio, scores, pruned members, marked text), so it is saved and loaded with the run;
     no token is removed."""
     marked = copy.copy(run)
-    marked.config = {**run.config, "retroactive_pruning": result.to_json(run)}
+    marked.notes = {**run.notes, "retroactive_pruning": result.to_json(run)}
     return marked
 
 

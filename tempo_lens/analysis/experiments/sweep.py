@@ -9,6 +9,7 @@ for all pairs and for the *healthy* pairs (neither run flagged by
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ import numpy as np
 
 from tempo_lens.analysis import measures as M
 from tempo_lens.analysis import stats as S
-from tempo_lens.analysis.experiment import bar, ensure_runs, pairs
-from tempo_lens.analysis.kinds import _fmt, _plot, _r, _table, analyse_pair
-from tempo_lens.analysis.registry import experiment_kind
+from tempo_lens.analysis.experiments.kind import Count, Kind, Unit
+from tempo_lens.analysis.experiments.markdown import fmt, rounded, table
+from tempo_lens.analysis.experiments.plots import save_plot
+from tempo_lens.analysis.experiments.runs import bar, ensure_runs, pairs
+from tempo_lens.analysis.experiments.seed_kinds import TimingKeys, analyse_pair
 
 RATIOS = ("token_in", "token_out", "set_in", "set_out")
 
@@ -108,7 +111,7 @@ def _report(summary: dict[str, Any], section: dict[str, Any]) -> str:
         f"{summary['n_prompts']} prompts in {len(summary['categories'])} categories; "
         "each figure: mean [bootstrap 95% CI] over prompts (n = pairs).",
         "",
-        _table(
+        table(
             [
                 "threshold/next_from",
                 "n",
@@ -133,7 +136,7 @@ def _report(summary: dict[str, Any], section: dict[str, Any]) -> str:
                 d = b[f"{r}_pct"]
                 rows.append([key, mode, r, d["n"], d["mean"], d["sd"], d["ci95"], d["p"], d["d_z"]])
     parts += [
-        _table(["config", "mode", "ratio", "n", "mean %", "sd %", "95% CI", "p", "d_z"], rows),
+        table(["config", "mode", "ratio", "n", "mean %", "sd %", "95% CI", "p", "d_z"], rows),
         "",
         "Definitions: `stats.repetition_collapse`, `measures.received_attention` and "
         "docs/experiments.md.",
@@ -143,42 +146,27 @@ def _report(summary: dict[str, Any], section: dict[str, Any]) -> str:
         parts += [
             "",
             f"Timing: {t['n_prompts']} prompts × {t['reps']} interleaved reps; median "
-            f"vis/iso ratio {_fmt(t['ratio_vis_over_iso_median'])} (per-prompt range "
-            f"{_fmt(min(t['per_prompt_ratio']))}-{_fmt(max(t['per_prompt_ratio']))}).",
+            f"vis/iso ratio {fmt(t['ratio_vis_over_iso_median'])} (per-prompt range "
+            f"{fmt(min(t['per_prompt_ratio']))}-{fmt(max(t['per_prompt_ratio']))}).",
         ]
     return "\n".join(parts)
 
 
-@experiment_kind(
-    "sweep",
-    schema={
-        "timing_prompts": 0,
-        "timing_reps": 10,
-        "timing_threshold": 0.1,
-        "time_budget_minutes": None,
-    },
-    report=_report,
-)
+class SweepKeys(TimingKeys):
+    timing_prompts: Count = 0  # prompts timed (spread over the suite; 0: no timing)
+    timing_threshold: Unit = 0.1  # the threshold of the timed runs
+
+
 def sweep_kind(
     model: Any, section: dict[str, Any], out_dir: Path, progress: bool
 ) -> dict[str, Any]:
     """Isolated vs visible over the whole suite, with paired statistics."""
-    import time
-
     t0 = time.perf_counter()
-    budget = section["time_budget_minutes"]
-    deadline = t0 + 60 * budget if budget else None
     runs = ensure_runs(
-        model,
-        section,
-        out_dir,
-        progress,
-        modes=["isolated", "visible"],
-        deadline=deadline,
-        order="config",
+        model, section, out_dir, progress, modes=["isolated", "visible"], order="config"
     )
     t_gen = time.perf_counter() - t0
-    done = [(i, v) for i, v in pairs(section, "config") if i.run_id in runs and v.run_id in runs]
+    done = list(pairs(section, "config"))
     kw = {
         "resamples": section["bootstrap"],
         "permutations": section["permutations"],
@@ -250,7 +238,7 @@ def sweep_kind(
         }
     _plots(out_dir, configs)
     categories = sorted({p["category"] for p in section["prompts"]})
-    return _r(
+    return rounded(
         {
             "n_prompts": len(section["prompts"]),
             "n_pairs_planned": len(section["prompts"])
@@ -287,5 +275,8 @@ def _plots(out_dir: Path, configs: dict[str, Any]) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
 
-    _plot(out_dir, "attention_diff_by_layer.png", layers)
-    _plot(out_dir, "received_attention_by_layer.png", received)
+    save_plot(out_dir, "attention_diff_by_layer.png", layers)
+    save_plot(out_dir, "received_attention_by_layer.png", received)
+
+
+SWEEP = Kind("sweep", sweep_kind, SweepKeys, _report, unused=("modes",))

@@ -1,8 +1,8 @@
 """Engines: who generates an experiment's work units.
 
-An engine takes work units (`tempo_lens.analysis.experiment.work_units`: a batch of
-prompts × one setting) and hands back each unit's runs; the runner
-(`ensure_runs`) saves every run itself, through `save_run`, in the same on-disk layout
+An engine (`tempo_lens.analysis.experiments.runs.Engine`) takes work units
+(`runs.work_units`: a batch of prompts × one setting) and hands back each unit's runs; the
+runner (`runs.ensure_runs`) saves every run itself, through `save_run`, in the same on-disk layout
 whichever engine made it — so a sweep started on one engine resumes on the other.
 
 - `InProcessEngine` (the default): `generate_unit` on the model already loaded, unit by
@@ -18,63 +18,27 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import os
 import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from tempo_lens.analysis.experiment import RunOptions, RunSpec, generate_unit
+from tempo_lens.analysis.experiments.runs import (
+    Engine,
+    InProcessEngine,
+    RunOptions,
+    Unit,
+    generate_unit,
+)
 from tempo_lens.errors import TempoError
+from tempo_lens.quiet import load_model_quietly
 from tempo_lens.run import TempoRun
 
 EngineName = Literal["inprocess", "ray"]
 ENGINES: tuple[EngineName, ...] = ("inprocess", "ray")
 INSTALL_RAY = 'pip install "tempo_lens[distributed]"'
-
-Unit = list[RunSpec]
-
-
-class Engine(Protocol):
-    """What the runner needs of an engine."""
-
-    def generate_units(
-        self, units: Sequence[Unit], options: RunOptions, deadline: float | None = None
-    ) -> Iterator[tuple[Unit, list[TempoRun]]]:
-        """Every unit's runs (in the unit's order), units in any order, each unit once.
-        `deadline` (a `time.perf_counter()` value): no unit is started after it; units not
-        started are simply not yielded."""
-        ...
-
-    def facts(self) -> dict[str, Any]:
-        """What ran the units (engine name, workers, resubmissions): timing-like facts of
-        the summary, never compared between re-runs."""
-        ...
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class InProcessEngine:
-    """Generate each unit in this process, on `model`."""
-
-    model: Any
-
-    def generate_units(
-        self, units: Sequence[Unit], options: RunOptions, deadline: float | None = None
-    ) -> Iterator[tuple[Unit, list[TempoRun]]]:
-        for unit in units:
-            if deadline is not None and time.perf_counter() > deadline:
-                return
-            yield unit, generate_unit(self.model, unit, options)
-
-    def facts(self) -> dict[str, Any]:
-        return {"engine": "inprocess"}
-
-    def close(self) -> None:
-        pass
 
 
 def import_ray() -> Any:
@@ -117,11 +81,8 @@ class UnitWorker:
     def __init__(self, model_name: str | None, device: str | None) -> None:
         import torch
 
-        from tempo_lens.loading import load_model
-
         torch.set_grad_enabled(False)
-        with contextlib.redirect_stdout(io.StringIO()):  # loaders print progress
-            self.model = load_model(model_name, device=device)
+        self.model = load_model_quietly(model_name, device=device)
 
     def describe(self) -> tuple[tuple[str, str], int]:
         """(the loaded model's name and weight hash, this worker's process id)."""
@@ -244,7 +205,7 @@ class RayEngine:
         return [self._pids[id(actor)] for actor, unit in self._busy.values() if unit]
 
     def generate_units(
-        self, units: Sequence[Unit], options: RunOptions, deadline: float | None = None
+        self, units: Sequence[Unit], options: RunOptions
     ) -> Iterator[tuple[Unit, list[TempoRun]]]:
         """Keep every healthy worker busy with one unit; yield units as they finish.
 
@@ -264,9 +225,6 @@ class RayEngine:
 
         def dispatch() -> None:
             while queue and idle:
-                if deadline is not None and time.perf_counter() > deadline:
-                    queue.clear()
-                    return
                 actor, unit = idle.popleft(), queue.popleft()
                 self._busy[actor.run.remote(unit, options)] = (actor, unit)
 

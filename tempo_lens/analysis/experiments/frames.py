@@ -2,7 +2,7 @@
 runner as `runs.parquet` beside `summary.json` and read back with `to_pandas`.
 
 ```python
-from tempo_lens.analysis.frames import to_pandas
+from tempo_lens.analysis.experiments.frames import to_pandas
 df = to_pandas("runs/experiments/sweep")      # a pandas DataFrame, one row per run
 df.groupby(["mode", "threshold"]).mean_set_size.mean()
 ```
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tempo_lens.analysis.experiment import grid
+from tempo_lens.analysis.experiments.runs import grid
 from tempo_lens.errors import TempoError
 from tempo_lens.run import RunFile
 from tempo_lens.storage import read_json, write_file_atomic

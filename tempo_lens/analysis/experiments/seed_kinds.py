@@ -1,6 +1,7 @@
 """The experiment kinds of the seeds' study, redone: attention (A), logits (B),
 cross-parallel attention (C), positions (D), high parallelism, and the prompt-suite
-sweep. Each is registered for `tempo-lens experiment` with its extra config keys.
+sweep (`tempo_lens.analysis.experiments.sweep`). Each is a `Kind` value with its own typed
+config keys, listed in `tempo_lens.analysis.experiments.registry.KINDS`.
 
 Shared vocabulary: a *pair* is the isolated and the visible run of one prompt at one
 threshold and next_from. The *forced* comparison replays ONE layout (the isolated run's,
@@ -18,11 +19,25 @@ import torch
 
 from tempo_lens.analysis import measures as M
 from tempo_lens.analysis import stats as S
-from tempo_lens.analysis.experiment import RunSpec, ensure_runs, grid, pairs
-from tempo_lens.analysis.registry import experiment_kind
+from tempo_lens.analysis.experiments.kind import Count, Kind, KindKeys, NonNegative
+from tempo_lens.analysis.experiments.markdown import fmt, rounded, table
+from tempo_lens.analysis.experiments.plots import save_plot
+from tempo_lens.analysis.experiments.runs import RunSpec, ensure_runs, grid, pairs
+from tempo_lens.errors import TempoError
 from tempo_lens.run import TempoRun
 
-TIMING_KEYS = {"timing_reps": 10}
+# Common keys of the resampling statistics, which only the sweep reads.
+STATS = ("seed", "bootstrap", "permutations")
+
+
+class TimingKeys(KindKeys):
+    """Keys of a kind that also times the modes (`measures.time_modes`)."""
+
+    timing_reps: Count = 10  # interleaved repetitions of each mode (0: no timing)
+
+
+class PositionsKeys(KindKeys):
+    tolerance: NonNegative = 1e-3  # max |rotated key - RoPE(key, logical position)|
 
 
 def _clean_tokens(run: TempoRun) -> list[int]:
@@ -31,17 +46,6 @@ def _clean_tokens(run: TempoRun) -> list[int]:
 
 def _mean(v: list[float]) -> float | None:
     return float(np.mean(v)) if len(v) else None
-
-
-def _r(x: Any) -> Any:
-    """Round every float in a nested structure to 6 significant digits."""
-    if isinstance(x, float):
-        return S.sig(x)
-    if isinstance(x, dict):
-        return {k: _r(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_r(v) for v in x]
-    return x
 
 
 def analyse_pair(
@@ -95,7 +99,7 @@ def analyse_pair(
         out["forced_attention"] = attn
         out["sibling_attention_visible_by_layer"] = cross_vis.get("siblings_by_layer")
         out["text"] = [iso.text(), vis.text()]
-    return _r(out)
+    return rounded(out)
 
 
 def _timing(model: Any, section: dict[str, Any], prompt: str) -> dict[str, Any]:
@@ -113,41 +117,10 @@ def _timing(model: Any, section: dict[str, Any], prompt: str) -> dict[str, Any]:
     )
 
 
-def _plot(out_dir: Path, name: str, draw: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    draw(ax)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / name, dpi=110)
-    plt.close(fig)
-
-
 def _pair_runs(
     runs: dict[str, TempoRun], section: dict[str, Any]
 ) -> list[tuple[RunSpec, TempoRun, TempoRun]]:
     return [(i, runs[i.run_id], runs[v.run_id]) for i, v in pairs(section)]
-
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    """A markdown table; a `|` inside a cell (`max|diff|`) is escaped, not a column break."""
-
-    def cell(x: Any) -> str:
-        return _fmt(x).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,15 +138,15 @@ def _report_attention(summary: dict[str, Any], section: dict[str, Any]) -> str:
             f"{p['tokens_identical']}, divergence step: {p['divergence_step']}.",
             "",
             f"Forced replay (isolated run's layout under both masks): max |diff| "
-            f"{_fmt(fa['max_abs_diff'])}, correlation {_fmt(fa['corr'])}; sibling attention "
-            f"visible {_fmt(p['sibling_attention_visible'])} vs isolated "
-            f"{_fmt(p['sibling_attention_isolated'])}.",
+            f"{fmt(fa['max_abs_diff'])}, correlation {fmt(fa['corr'])}; sibling attention "
+            f"visible {fmt(p['sibling_attention_visible'])} vs isolated "
+            f"{fmt(p['sibling_attention_isolated'])}.",
             f"Free-running (captured during generation, {p['free_running']['n_forwards']} "
             f"forwards before divergence): max |diff| "
-            f"{_fmt(p['free_running'].get('max_abs_diff'))}, correlation "
-            f"{_fmt(p['free_running'].get('corr'))}.",
+            f"{fmt(p['free_running'].get('max_abs_diff'))}, correlation "
+            f"{fmt(p['free_running'].get('corr'))}.",
             "",
-            _table(
+            table(
                 ["layer", "forced max|diff|", "forced mean|diff|", "forced corr", "free max|diff|"],
                 [
                     [
@@ -194,7 +167,6 @@ def _report_attention(summary: dict[str, Any], section: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-@experiment_kind("attention", schema=dict(TIMING_KEYS, timing_reps=0), report=_report_attention)
 def attention_kind(
     model: Any, section: dict[str, Any], out_dir: Path, progress: bool
 ) -> dict[str, Any]:
@@ -205,7 +177,7 @@ def attention_kind(
     results = []
     for spec, iso, vis in _pair_runs(runs, section):
         res = analyse_pair(model, iso, vis, spec.next_from, detail=True)
-        res["free_running"] = _r(_free_running_attention(iso, vis, res["divergence_step"]))
+        res["free_running"] = rounded(_free_running_attention(iso, vis, res["divergence_step"]))
         results.append(
             {"prompt": spec.prompt, "threshold": spec.threshold, "next_from": spec.next_from, **res}
         )
@@ -222,7 +194,7 @@ def attention_kind(
         ax.set_ylabel("|attention iso - vis|")
         ax.legend()
 
-    _plot(out_dir, "attention_diff_by_layer.png", draw)
+    save_plot(out_dir, "attention_diff_by_layer.png", draw)
     return {"n_prompts": len(section["prompts"]), "pairs": results}
 
 
@@ -269,12 +241,12 @@ def _report_logits(summary: dict[str, Any], section: dict[str, Any]) -> str:
             f"Prompt {p['prompt']!r}, threshold {p['threshold']}: tokens identical "
             f"{p['tokens_identical']}, free-running divergence step {p['divergence_step']}. "
             f"Replay reproduces the generation's saved distributions to "
-            f"{_fmt(p['replay_vs_saved_max_abs_prob_diff'])} (max |prob diff|).",
+            f"{fmt(p['replay_vs_saved_max_abs_prob_diff'])} (max |prob diff|).",
             "",
             "Forced (isolated run's layout, both masks); step j = the distribution that "
             "selected set j (step 0 reads the prompt, identical by construction):",
             "",
-            _table(
+            table(
                 [
                     "step",
                     "set size",
@@ -321,7 +293,6 @@ def _timing_text(t: dict[str, Any]) -> str:
     )
 
 
-@experiment_kind("logits", schema=TIMING_KEYS, report=_report_logits)
 def logits_kind(
     model: Any, section: dict[str, Any], out_dir: Path, progress: bool
 ) -> dict[str, Any]:
@@ -354,7 +325,7 @@ def logits_kind(
         ax.set_ylabel("KL (nats, floor 1e-12)")
         ax.legend()
 
-    _plot(out_dir, "kl_by_step.png", draw)
+    save_plot(out_dir, "kl_by_step.png", draw)
     timing = _timing(model, section, section["prompts"][0]["text"])
     return {"n_prompts": len(section["prompts"]), "pairs": results, "timing": timing}
 
@@ -373,13 +344,13 @@ def _report_cross(summary: dict[str, Any], section: dict[str, Any]) -> str:
             continue
         parts += [
             f"{r['run']} `{r['text']}`: {c['n_rows']} member rows. Mean attention mass to "
-            f"siblings {_fmt(c['siblings_all'])}, self {_fmt(c['self_all'])}, prompt "
-            f"{_fmt(c['prompt_all'])}, earlier steps {_fmt(c['earlier_steps_all'])}. The same "
-            f"layout under the isolated mask: siblings {_fmt(r['siblings_isolated'])}. "
+            f"siblings {fmt(c['siblings_all'])}, self {fmt(c['self_all'])}, prompt "
+            f"{fmt(c['prompt_all'])}, earlier steps {fmt(c['earlier_steps_all'])}. The same "
+            f"layout under the isolated mask: siblings {fmt(r['siblings_isolated'])}. "
             f"Captured-during-generation vs replay: max |diff| "
-            f"{_fmt(r['captured_vs_replay_max_abs_diff'])}.",
+            f"{fmt(r['captured_vs_replay_max_abs_diff'])}.",
             "",
-            _table(
+            table(
                 ["layer", "siblings", "self", "prompt", "earlier steps", "max-head siblings"],
                 [
                     [
@@ -398,7 +369,6 @@ def _report_cross(summary: dict[str, Any], section: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-@experiment_kind("cross_parallel", report=_report_cross)
 def cross_parallel_kind(
     model: Any, section: dict[str, Any], out_dir: Path, progress: bool
 ) -> dict[str, Any]:
@@ -418,7 +388,7 @@ def cross_parallel_kind(
         _, iso_acts = M.replay(model, run.layout, True)
         iso_cross = M.cross_set_attention(iso_acts["hook_pattern"], run.layout)
         results.append(
-            _r(
+            rounded(
                 {
                     "run": spec.run_id,
                     "mode": spec.mode,
@@ -443,7 +413,7 @@ def cross_parallel_kind(
             ax.set_ylabel("attention mass (member rows)")
             ax.legend(fontsize=8)
 
-        _plot(out_dir, "cross_parallel_by_layer.png", draw)
+        save_plot(out_dir, "cross_parallel_by_layer.png", draw)
     return {"n_prompts": len(section["prompts"]), "runs": results}
 
 
@@ -460,12 +430,12 @@ def _report_positions(summary: dict[str, Any], section: dict[str, Any]) -> str:
             f"{r['run']} `{r['text']}`: {c['n_generated']} generated keys "
             f"({c['n_shifted']} at a logical position different from their physical one).",
             f"Set positions (logical): {c['set_positions']}.",
-            f"max |hook_rot_k - RoPE(hook_k, logical)| = {_fmt(c['max_err_logical'])} "
-            f"(keys up to {_fmt(c['key_scale'])} in size); min over shifted keys of "
-            f"max |hook_rot_k - RoPE(hook_k, physical)| = {_fmt(c['min_diff_physical'])}. "
+            f"max |hook_rot_k - RoPE(hook_k, logical)| = {fmt(c['max_err_logical'])} "
+            f"(keys up to {fmt(c['key_scale'])} in size); min over shifted keys of "
+            f"max |hook_rot_k - RoPE(hook_k, physical)| = {fmt(c['min_diff_physical'])}. "
             f"Verdict: positions shared in the model: {r['shared_in_model']}.",
             "",
-            _table(
+            table(
                 ["layer", "max err vs logical", "min diff vs physical"],
                 [
                     [L, c["max_err_logical_by_layer"][L], c["min_diff_physical_by_layer"][L]]
@@ -477,14 +447,11 @@ def _report_positions(summary: dict[str, Any], section: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-@experiment_kind("positions", schema={"tolerance": 1e-3}, report=_report_positions)
 def positions_kind(
     model: Any, section: dict[str, Any], out_dir: Path, progress: bool
 ) -> dict[str, Any]:
     """Hypothesis D: do set members really share one position inside the model?"""
     if not model.cfg.positional_embedding_type == "rotary":
-        from tempo_lens.errors import TempoError
-
         raise TempoError("the positions kind checks rotated keys; use a rotary model")
     runs = ensure_runs(model, section, out_dir, progress)
     results = []
@@ -495,7 +462,7 @@ def positions_kind(
             c["n_shifted"] == 0 or c["min_diff_physical"] > 10 * section["tolerance"]
         )
         results.append(
-            _r(
+            rounded(
                 {
                     "run": spec.run_id,
                     "text": run.text(),
@@ -520,11 +487,11 @@ def _report_high(summary: dict[str, Any], section: dict[str, Any]) -> str:
             f"- isolated `{p['text'][0]}` set sizes {p['set_sizes'][0]}",
             f"- visible `{p['text'][1]}` set sizes {p['set_sizes'][1]}",
             f"- tokens identical {p['tokens_identical']}, divergence step "
-            f"{p['divergence_step']}; forced KL mean (steps >= 1) {_fmt(p['forced_kl_mean'])}, "
-            f"max {_fmt(p['forced_kl_max'])}; forced attention max |diff| "
-            f"{_fmt(p['forced_attention_max_abs_diff'])} (corr "
-            f"{_fmt(p['forced_attention_corr'])}); visible sibling attention "
-            f"{_fmt(p['sibling_attention_visible'])}.",
+            f"{p['divergence_step']}; forced KL mean (steps >= 1) {fmt(p['forced_kl_mean'])}, "
+            f"max {fmt(p['forced_kl_max'])}; forced attention max |diff| "
+            f"{fmt(p['forced_attention_max_abs_diff'])} (corr "
+            f"{fmt(p['forced_attention_corr'])}); visible sibling attention "
+            f"{fmt(p['sibling_attention_visible'])}.",
             "",
         ]
     t = summary.get("timing", {})
@@ -533,7 +500,6 @@ def _report_high(summary: dict[str, Any], section: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-@experiment_kind("high_parallelism", schema=TIMING_KEYS, report=_report_high)
 def high_parallelism_kind(
     model: Any, section: dict[str, Any], out_dir: Path, progress: bool
 ) -> dict[str, Any]:
@@ -547,3 +513,15 @@ def high_parallelism_kind(
         )
     timing = _timing(model, section, section["prompts"][0]["text"])
     return {"n_prompts": len(section["prompts"]), "pairs": results, "timing": timing}
+
+
+# Kinds that always generate both modes of each prompt do not read `modes` either.
+PAIRED_UNUSED = ("modes", *STATS)
+
+ATTENTION = Kind("attention", attention_kind, report=_report_attention, unused=PAIRED_UNUSED)
+LOGITS = Kind("logits", logits_kind, TimingKeys, _report_logits, unused=PAIRED_UNUSED)
+CROSS_PARALLEL = Kind("cross_parallel", cross_parallel_kind, report=_report_cross, unused=STATS)
+POSITIONS = Kind("positions", positions_kind, PositionsKeys, _report_positions, unused=STATS)
+HIGH_PARALLELISM = Kind(
+    "high_parallelism", high_parallelism_kind, TimingKeys, _report_high, unused=PAIRED_UNUSED
+)

@@ -1,30 +1,33 @@
 """docs/findings.md, generated from experiment summaries — never written by hand.
 
-`tempo-lens findings SWEEP_DIR [EXPERIMENT_DIR ...] --out docs/findings.md` reads each
-directory's `summary.json` (the sweep's, plus the seed experiments' by their `kind`) and
-writes, for every claim of docs/seed_study.md's claims table, the seeds' number, ours (with CI
-and n) and a verdict decided by the rules written next to each row below.
+The seed study's own script (it holds the seeds' numbers, so it lives beside the study's
+configs, not in the library):
+
+    python experiments/seed_study/findings.py SWEEP_DIR [EXPERIMENT_DIR ...] --out docs/findings.md
+
+reads each directory's `summary.json` (the sweep's, plus the seed experiments' by their
+`kind`) and writes, for every claim of docs/seed_study.md's claims table, the seeds' number,
+ours (with CI and n) and a verdict decided by the rules written next to each row below.
 """
 
 from __future__ import annotations
 
+import argparse
 import shlex
+import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tempo_lens.analysis.experiments.runner import load_summary
 from tempo_lens.errors import TempoError
 from tempo_lens.storage import write_file_atomic
 
 HEADLINE = "t0.1/mixture"
-
-
-def _load(d: Path) -> dict[str, Any]:
-    from tempo_lens.analysis.experiment import load_summary
-
-    return load_summary(d)
+COMMAND = ("python", "experiments/seed_study/findings.py")
 
 
 def _ci(block: dict[str, Any], key: str = "mean") -> str:
@@ -201,7 +204,7 @@ def build(sweep: dict[str, Any], exps: dict[str, dict[str, Any]], command: str) 
     )
 
     # 8. position gap
-    rows.append(_position_gap_row(exps.get("position_ablation")))
+    rows.append(position_gap_row(exps.get("position_ablation")))
 
     lines = [
         "# Findings: the seeds' isolation study, redone",
@@ -235,7 +238,7 @@ def build(sweep: dict[str, Any], exps: dict[str, dict[str, Any]], command: str) 
     return "\n".join(lines) + "\n"
 
 
-def _position_gap_row(pos: dict[str, Any] | None) -> list[str]:
+def position_gap_row(pos: dict[str, Any] | None) -> list[str]:
     """The seeds' gap claim came from runs without an explicit mask; with the mask kept,
     a gap is only a position change. Confirmed if gap 5 already moves the distributions
     about as far as gap 1000 (within 25%), refuted if it moves them much less."""
@@ -382,30 +385,21 @@ def _wall_time(t: dict[str, Any], sweep: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def write_findings(
-    sweep_dir: Path, experiment_dirs: list[Path], out: Path, argv: list[str] | None = None
-) -> Path:
+def write_findings(sweep_dir: Path, experiment_dirs: list[Path], out: Path) -> Path:
     """Read the summaries, build the markdown, write it atomically to `out`."""
-    sweep = _load(sweep_dir)
+    sweep = load_summary(sweep_dir)
     if sweep.get("kind") != "sweep":
         raise TempoError(f"{sweep_dir} holds a {sweep.get('kind')!r} summary; pass the sweep first")
     exps = {}
     for d in experiment_dirs:
-        s = _load(d)
+        s = load_summary(d)
         exps[s["kind"]] = s
-    parts = [
-        "tempo-lens",
-        "findings",
-        str(sweep_dir),
-        *map(str, experiment_dirs),
-        "--out",
-        str(out),
-    ]
+    parts = [*COMMAND, str(sweep_dir), *map(str, experiment_dirs), "--out", str(out)]
     try:
         text = build(sweep, exps, shlex.join(parts))
+    except TempoError:
+        raise
     except (KeyError, TypeError, IndexError, ValueError) as err:
-        if isinstance(err, TempoError):
-            raise
         raise TempoError(
             f"the summaries of {sweep_dir} and {len(experiment_dirs)} experiment(s) lack "
             f"figures the findings need ({err!r}); re-run those experiments"
@@ -414,4 +408,21 @@ def write_findings(
     return out
 
 
-__all__ = ["build", "write_findings"]
+def main(argv: Sequence[str] | None = None) -> int:
+    """The script: arguments in, docs/findings.md out; a `TempoError` is one line, exit 2."""
+    p = argparse.ArgumentParser(prog="findings.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep", help="sweep output directory (holds summary.json)")
+    p.add_argument("experiments", nargs="*", help="further experiment output directories")
+    p.add_argument("--out", default="docs/findings.md", help="markdown file to write")
+    args = p.parse_args(argv)
+    try:
+        path = write_findings(Path(args.sweep), [Path(e) for e in args.experiments], Path(args.out))
+    except TempoError as err:
+        print(f"findings.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,15 +1,17 @@
-"""Experiment configs: the one place where every key and its default is written down.
+"""Experiment configs: the one place where every common key and its default is written down.
 
-A config file is YAML holding ONE experiment: the common keys below plus the keys its
-`kind` declares (`registry.experiment_kind(..., schema=...)`). Every value is checked by a
-strict pydantic model (`CommonKeys`; a kind key's type follows its default) before any model
-loads. Unknown or misspelled keys are an error that names the nearest valid key, so nothing
-is silently ignored. YAML is read with `yaml.safe_load` only.
+A config file is YAML holding ONE experiment: the common keys of `CommonKeys` plus the keys
+its kind declares (`Kind.keys`, a pydantic model: `tempo_lens.analysis.experiments.kind`).
+Every value is checked by those strict models before any model loads. Unknown or misspelled
+keys are an error that names the nearest valid key; a common key the kind does not read
+(`Kind.unused`), or more than one value of a list key it reads once (`Kind.single`), is
+refused too, so nothing is silently ignored. YAML is read with `yaml.safe_load` only.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,116 +25,80 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
-    create_model,
 )
 
+from tempo_lens.analysis.experiments.kind import Kind, PositiveInt
+from tempo_lens.analysis.experiments.registry import kind as find_kind
+from tempo_lens.analysis.experiments.registry import names
 from tempo_lens.errors import TempoError
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
 
-
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
-
 MODES = ("isolated", "visible")
 
-# Every common key, its default and what it means. `prompts` and `prompt_suite` are
-# alternatives (exactly one is needed); scalars are accepted where a list is expected.
-COMMON: dict[str, Any] = {
-    "name": REQUIRED,  # experiment name; default --out is runs/experiments/<name>
-    "kind": REQUIRED,  # registered experiment kind (tempo_lens.analysis.registry.KINDS)
-    "description": "",  # one line, copied into report.md
-    "model": None,  # model name (None = embedded SmolLM2); --model overrides it
-    "prompts": None,  # list of prompt strings
-    "prompt_suite": None,  # YAML file {category: [prompts]}, relative to the config file
-    "categories": None,  # restrict prompt_suite to these categories
-    "max_prompts": None,  # keep the first N prompts (per the suite's order)
-    "thresholds": [0.1],  # selection thresholds, each in (0, 1]
-    "max_steps": 15,  # logical steps per run
-    "modes": list(MODES),  # isolated and/or visible
-    "next_from": ["mixture"],  # mixture, last and/or first (docs/design.md selection rule)
-    "max_parallel": None,  # cap on set size (None = no cap)
-    "stop_at_eos": True,  # stop after a step whose top member is EOS
-    "seed": 42,  # seed of every resampling (bootstrap, permutation tests)
-    "bootstrap": 2000,  # bootstrap resamples behind each 95% CI
-    "permutations": 10000,  # sign-flip resamples of the paired test (exact when n <= 14)
-}
-
-
-def _nearest(key: str, valid: list[str]) -> str:
-    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(valid)}"
-
-
+# Keys that take a list; a scalar given for one is read as a one-element list.
 LIST_KEYS = ("thresholds", "modes", "next_from", "prompts", "categories")
 
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
-Count = Annotated[StrictInt, Field(ge=0, le=10_000_000)]
 Threshold = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 Text = Annotated[StrictStr, Field(min_length=1)]
+Resamples = Annotated[StrictInt, Field(ge=1, le=10_000_000)]
 
 
 class CommonKeys(BaseModel):
-    """The common keys of every experiment config, typed and bounded (see `COMMON`)."""
+    """The common keys of every experiment config, typed and bounded, with their defaults.
+
+    `prompts` and `prompt_suite` are alternatives (exactly one is needed)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+    # experiment name; default --out is runs/experiments/<name>
     name: Annotated[StrictStr, Field(pattern=f"^{NAME_PATTERN}$")]
+    # experiment kind (tempo_lens.analysis.experiments.registry.KINDS)
     kind: StrictStr
+    # one line, copied into report.md
     description: StrictStr = ""
+    # model name (None = embedded SmolLM2); --model overrides it
     model: Text | None = None
+    # list of prompt strings
     prompts: list[Text] | None = Field(default=None, min_length=1)
+    # YAML file {category: [prompts]}, relative to the config file
     prompt_suite: Text | None = None
+    # restrict prompt_suite to these categories
     categories: list[Text] | None = Field(default=None, min_length=1)
+    # keep N prompts: the first N in the suite's order, or (sample: stratified) N taken
+    # round-robin across the categories
     max_prompts: PositiveInt | None = None
+    # how max_prompts picks: "first" N, or "stratified" across every category
+    sample: Literal["first", "stratified"] = "first"
+    # selection thresholds, each in (0, 1]
     thresholds: list[Threshold] = Field(default=[0.1], min_length=1)
+    # logical steps per run
     max_steps: Annotated[StrictInt, Field(ge=1, le=100_000)] = 15
+    # isolated and/or visible
     modes: list[Literal["isolated", "visible"]] = Field(default=list(MODES), min_length=1)
+    # mixture, last and/or first (docs/design.md selection rule)
     next_from: list[Literal["mixture", "last", "first"]] = Field(default=["mixture"], min_length=1)
+    # cap on set size (None = no cap)
     max_parallel: PositiveInt | None = None
+    # stop after a step whose top member is EOS
     stop_at_eos: StrictBool = True
-    seed: Count = 42
-    bootstrap: Annotated[StrictInt, Field(ge=1, le=10_000_000)] = 2000
-    permutations: Annotated[StrictInt, Field(ge=1, le=10_000_000)] = 10000
+    # seed of every resampling (bootstrap, permutation tests)
+    seed: Annotated[StrictInt, Field(ge=0, le=10_000_000)] = 42
+    # bootstrap resamples behind each 95% CI
+    bootstrap: Resamples = 2000
+    # sign-flip resamples of the paired test (exact when n <= 14)
+    permutations: Resamples = 10000
+
+
+COMMON = tuple(CommonKeys.model_fields)
 
 
 class PromptSuite(RootModel[dict[Text, list[Text]]]):
     """A prompt-suite file: `{category: [prompt, ...]}`."""
 
 
-def _kind_field(default: Any) -> Any:
-    """The type of a kind's own key, from its declared default: integers are counts
-    (>= 0), floats finite and >= 0, lists of those, None an optional positive number."""
-    if default is REQUIRED:
-        return (Any, ...)
-    if isinstance(default, bool):
-        return (StrictBool, default)
-    if isinstance(default, int):
-        return (Count, default)
-    if isinstance(default, float):
-        return (Annotated[float, Field(ge=0, allow_inf_nan=False)], default)
-    if isinstance(default, list) and default and all(isinstance(x, str) for x in default):
-        return (list[StrictStr], default)
-    if isinstance(default, list) and any(isinstance(x, dict) for x in default):
-        return (list[dict[str, Any]], default)  # checked by the kind (e.g. a schedule spec)
-    if isinstance(default, list):
-        item = Count if all(isinstance(x, int) for x in default) else float
-        return (list[Annotated[item, Field(ge=0, allow_inf_nan=False)]], default)  # type: ignore[valid-type]
-    if isinstance(default, str):
-        return (StrictStr, default)
-    if default is None:
-        return (Annotated[float, Field(gt=0, allow_inf_nan=False)] | None, None)
-    return (Any, default)
-
-
-def _kind_model(kind: str, schema: dict[str, Any]) -> type[BaseModel]:
-    fields = {key: _kind_field(default) for key, default in schema.items()}
-    return create_model(  # type: ignore[call-overload]
-        f"{kind}_keys", __config__=ConfigDict(extra="ignore", strict=True), **fields
-    )
+def _nearest(key: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(valid)}"
 
 
 def _problem(err: ValidationError, raw: dict[str, Any]) -> str:
@@ -156,18 +122,13 @@ def resolve(raw: dict[str, Any], base_dir: Path | None = None) -> dict[str, Any]
 
     `base_dir` is where a relative `prompt_suite` is looked up. Returns the resolved
     section with `prompts` expanded to a list of `{"id", "category", "text"}`."""
-    from tempo_lens.analysis.experiment import kinds
-
     if not isinstance(raw, dict):
         raise TempoError("an experiment config is a YAML mapping of keys (name:, kind:, ...)")
-    registered = kinds()
-    kind = raw.get("kind")
-    if kind is None:
-        raise TempoError(f"the config needs a 'kind:' key, one of {', '.join(sorted(registered))}")
-    if not isinstance(kind, str) or kind not in registered:
-        raise TempoError(f"unknown kind {kind!r}{_nearest(str(kind), sorted(registered))}")
-    schema = getattr(registered[kind], "schema", {}) or {}
-    valid = sorted(set(COMMON) | set(schema))
+    if raw.get("kind") is None:
+        raise TempoError(f"the config needs a 'kind:' key, one of {', '.join(names())}")
+    kind = find_kind(raw["kind"])
+    own_keys = tuple(kind.keys.model_fields)
+    valid = sorted(set(COMMON) | set(own_keys))
     for key in raw:
         if key not in valid:
             raise TempoError(f"unknown config key {key!r}{_nearest(str(key), valid)}")
@@ -175,16 +136,29 @@ def resolve(raw: dict[str, Any], base_dir: Path | None = None) -> dict[str, Any]
         k: ([v] if k in LIST_KEYS and v is not None and not isinstance(v, list) else v)
         for k, v in raw.items()
     }
-    common_raw = {k: v for k, v in listed.items() if k in COMMON}
+    _check_kind_use(kind, listed)
     try:
-        common = CommonKeys.model_validate(common_raw).model_dump()
-        own = _kind_model(kind, schema).model_validate(listed).model_dump()
+        common = CommonKeys.model_validate({k: v for k, v in listed.items() if k in COMMON})
+        own = kind.keys.model_validate({k: v for k, v in listed.items() if k in own_keys})
     except ValidationError as err:
         raise TempoError(_problem(err, listed)) from None
-    out: dict[str, Any] = {**common, **own}
+    out: dict[str, Any] = {**common.model_dump(), **own.model_dump()}
     _check_values(out)
     out["prompts"] = _prompts(out, base_dir or Path.cwd())
     return out
+
+
+def _check_kind_use(kind: Kind, listed: dict[str, Any]) -> None:
+    """Refuse a common key the kind does not read, and several values of one it reads once."""
+    for key in kind.unused:
+        if key in listed:
+            raise TempoError(f"{key}: the {kind.name} kind does not read {key!r}; remove it")
+    for key in kind.single:
+        value = listed.get(key)
+        if isinstance(value, list) and len(value) > 1:
+            raise TempoError(
+                f"{key}: the {kind.name} kind reads one value, got {value!r}; give one"
+            )
 
 
 def _check_values(c: dict[str, Any]) -> None:
@@ -192,6 +166,11 @@ def _check_values(c: dict[str, Any]) -> None:
         raise TempoError("give exactly one of 'prompts:' (a list) or 'prompt_suite:' (a file)")
     if c["categories"] is not None and c["prompt_suite"] is None:
         raise TempoError("categories: selects from a prompt_suite; give 'prompt_suite:' too")
+    if c["sample"] == "stratified" and (c["prompt_suite"] is None or c["max_prompts"] is None):
+        raise TempoError(
+            "sample: stratified picks max_prompts prompts across a prompt_suite's "
+            "categories; give 'prompt_suite:' and 'max_prompts:' too"
+        )
 
 
 def load_prompt_suite(path: Path) -> dict[str, list[str]]:
@@ -229,7 +208,7 @@ def _prompts(c: dict[str, Any], base_dir: Path) -> list[dict[str, str]]:
             for p in prompts
         ]
     if c["max_prompts"] is not None:
-        items = items[: c["max_prompts"]]
+        items = sample(items, c["max_prompts"], c["sample"])
     if not items or any(not text.strip() for _, text in items):
         raise TempoError("the config's prompts are empty; give at least one non-empty prompt")
     for _, text in items:
@@ -237,6 +216,23 @@ def _prompts(c: dict[str, Any], base_dir: Path) -> list[dict[str, str]]:
     return [
         {"id": f"p{i:03d}", "category": cat, "text": text} for i, (cat, text) in enumerate(items)
     ]
+
+
+def sample(
+    items: list[tuple[str, str]], n: int, how: Literal["first", "stratified"]
+) -> list[tuple[str, str]]:
+    """`n` of the `(category, prompt)` items, kept in their order: the first `n`, or
+    (`stratified`) round-robin across the categories — the first prompt of each category
+    in suite order, then the second of each, ... — so every category is represented
+    before any has two."""
+    if how == "first":
+        return items[:n]
+    by_category: dict[str, list[int]] = {}
+    for i, (cat, _) in enumerate(items):
+        by_category.setdefault(cat, []).append(i)
+    rounds = itertools.zip_longest(*by_category.values())
+    chosen = [i for i in itertools.chain.from_iterable(rounds) if i is not None][:n]
+    return [items[i] for i in sorted(chosen)]
 
 
 def _check_text(text: str) -> None:
