@@ -19,25 +19,14 @@ import torch
 from matplotlib.figure import Figure
 from pydantic import Field
 
-from tempo_lens.analysis.ablations.driver import (
-    Distances,
-    Patch,
-    Replays,
-    Restored,
-    Source,
-    Variant,
-    ablate,
-    as_sources,
-    layout_and_weights,
-    restored_fraction,
-    section_runs,
-)
+from tempo_lens.analysis.ablations import driver
 from tempo_lens.analysis.ablations.plots import line_figure
-from tempo_lens.analysis.experiments.kind import Kind, KindKeys, PositiveInt
+from tempo_lens.analysis.experiments.kind import KindKeys, PositiveInt
 from tempo_lens.backend import Model
 from tempo_lens.errors import TempoError
 from tempo_lens.generate import forward
 from tempo_lens.layout import Layout
+from tempo_lens.run import TempoRun
 
 HOOK_ALIASES = {
     "resid_pre": "blocks.{L}.hook_resid_pre",
@@ -88,9 +77,11 @@ class ActivationPatching:
     kl_base: torch.Tensor
 
     @property
-    def restored(self) -> Restored:
+    def restored(self) -> driver.Restored:
         field = "kl_vis_members" if self.direction == "vis_to_iso" else "kl_iso_members"
-        return restored_fraction(self.distances[..., Distances.names().index(field)], self.kl_base)
+        return driver.restored_fraction(
+            self.distances[..., driver.Distances.names().index(field)], self.kl_base
+        )
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -114,7 +105,7 @@ class ActivationPatching:
         )
 
     def to_pandas(self) -> pd.DataFrame:
-        r = self.restored.per_prompt
+        r, names = self.restored.per_prompt, driver.Distances.names()
         return pd.DataFrame(
             [
                 {
@@ -123,7 +114,7 @@ class ActivationPatching:
                     "group": self.group,
                     "direction": self.direction,
                     "layer": L,
-                    **dict(zip(Distances.names(), self.distances[i, j].tolist(), strict=True)),
+                    **dict(zip(names, self.distances[i, j].tolist(), strict=True)),
                     "restored": float(r[i, j]),
                 }
                 for i, p in enumerate(self.prompts)
@@ -134,45 +125,45 @@ class ActivationPatching:
 
 def activation_patching(
     model: Model,
-    source: Source | Sequence[Source],
+    source: driver.Source | Sequence[driver.Source],
     *,
     hook: str = "resid_pre",
     group: str = "all",
     direction: str = "vis_to_iso",
     layers: Iterable[int] | None = None,
     batch_size: int = 16,
-    replays: Sequence[Replays] | None = None,
+    replays: Sequence[driver.Replays] | None = None,
 ) -> ActivationPatching:
-    """Patch `hook` at each layer, at `group` positions, from the source mode's replay
+    """driver.Patch `hook` at each layer, at `group` positions, from the source mode's replay
     into the other mode's (`direction`), for every source (batched)."""
     if direction not in DIRECTIONS:
         raise TempoError(f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
-    sources, _ = as_sources(source)
+    sources, _ = driver.as_sources(source)
     layers = sorted(range(model.cfg.n_layers) if layers is None else layers)
     names = [hook_name(hook, L) for L in layers]
     from_visible = direction == "vis_to_iso"
-    layouts = [layout_and_weights(s)[0] for s in sources]
+    layouts = [driver.layout_and_weights(s)[0] for s in sources]
     caches = forward(model, layouts, isolate=not from_visible, cache=names)[1]
     clean = {id(s): c for s, c in zip(sources, caches, strict=True)}
     if group not in GROUPS:
         raise TempoError(f"unknown position group {group!r}; use one of {', '.join(GROUPS)}")
 
-    def variants(ref: Replays) -> list[Variant]:
+    def variants(ref: driver.Replays) -> list[driver.Variant]:
         pos = group_positions(ref.layout, group)
         cache = clean[id(ref.source)]
         hidden = ref.layout.same_set() if from_visible else None
         return [
-            Variant(
+            driver.Variant(
                 hidden=hidden,
-                patch=Patch(name, pos, cache[name][0]),
+                patch=driver.Patch(name, pos, cache[name][0]),
                 start_layer=L,
                 start_isolated=from_visible,
             )
             for L, name in zip(layers, names, strict=True)
         ]
 
-    refs = list(replays) if replays is not None else Replays.of(model, sources)
-    per = ablate(model, sources, variants, batch_size=batch_size, replays=refs)
+    refs = list(replays) if replays is not None else driver.Replays.of(model, sources)
+    per = driver.ablate(model, sources, variants, batch_size=batch_size, replays=refs)
     if from_visible:
         base = torch.stack([ref.distances(ref.iso_logits)[1] for ref in refs])
     else:
@@ -197,13 +188,11 @@ class ActivationPatchingKeys(KindKeys):
     batch_size: PositiveInt = 16
 
 
-def run_activation_patching(
-    model: Model, section: dict[str, Any], out_dir: Path, progress: bool
+def study_activation_patching(
+    model: Model, runs: list[TempoRun], keys: ActivationPatchingKeys, out_dir: Path
 ) -> dict:
-    """Restored fraction of patching each hook at each layer, per group and direction."""
-    keys = ActivationPatchingKeys(**{k: section[k] for k in ActivationPatchingKeys.model_fields})
-    runs = section_runs(model, section)
-    refs = Replays.of(model, runs)
+    """driver.Restored fraction of patching each hook at each layer, per group and direction."""
+    refs = driver.Replays.of(model, runs)
     out: dict[str, Any] = {"n_prompts": len(runs)}
     for direction in keys.directions:
         results = {
@@ -230,10 +219,6 @@ def run_activation_patching(
     return out
 
 
-ACTIVATION_PATCHING = Kind(
-    "activation_patching",
-    run_activation_patching,
-    ActivationPatchingKeys,
-    unused=("modes",),
-    single=("thresholds", "next_from"),
+ACTIVATION_PATCHING = driver.ablation_kind(
+    "activation_patching", ActivationPatchingKeys, study_activation_patching
 )

@@ -26,11 +26,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from jaxtyping import Bool, Float
 
+from tempo_lens.analysis.experiments.kind import Kind, KindKeys
 from tempo_lens.analysis.metrics import kl
 from tempo_lens.backend import Model
 from tempo_lens.generate import (
@@ -46,6 +48,7 @@ from tempo_lens.layout import Layout, LayoutBatch
 from tempo_lens.run import TempoRun
 
 Source = TempoRun | Layout
+K = TypeVar("K", bound=KindKeys)
 
 
 def as_sources(source: Source | Sequence[Source]) -> tuple[list[Source], bool]:
@@ -406,6 +409,21 @@ GENERATE_ROWS = 16  # prompts per batched generation of a kind's runs
 def section_texts(section: dict[str, Any]) -> list[str]:
     """The prompt texts of a resolved config section."""
     return [p["text"] if isinstance(p, dict) else str(p) for p in section.get("prompts") or []]
+
+
+def ablation_kind(
+    name: str, keys: type[K], study: Callable[[Model, list[TempoRun], K, Path], dict[str, Any]]
+) -> Kind:
+    """The experiment kind of an ablation family: it generates the section's prompts
+    isolated at its one threshold and next_from (`section_runs`; `modes` is not read),
+    reads the family's typed `keys`, and returns `study(model, runs, keys, out_dir)`."""
+
+    def run(model: Model, section: dict[str, Any], out_dir: Path, progress: bool) -> dict:
+        values = keys(**{k: section[k] for k in keys.model_fields})
+        return study(model, section_runs(model, section), values, out_dir)
+
+    run.__doc__ = study.__doc__
+    return Kind(name, run, keys, unused=("modes",), single=("thresholds", "next_from"))
 
 
 def section_runs(model: Model, section: dict[str, Any], *, threshold: Any = None) -> list[TempoRun]:

@@ -23,15 +23,16 @@ from tempo_lens.analysis.ablations.driver import (
     Replays,
     Restored,
     Source,
+    ablation_kind,
     as_sources,
     jsonable,
     restored_fraction,
     schedule_sweep,
-    section_runs,
 )
 from tempo_lens.analysis.ablations.plots import heatmap_figure, line_figure
-from tempo_lens.analysis.experiments.kind import Count, Kind, KindKeys, PositiveInt
+from tempo_lens.analysis.experiments.kind import Count, KindKeys, PositiveInt
 from tempo_lens.backend import Model
+from tempo_lens.run import TempoRun
 from tempo_lens.storage import write_json_atomic
 
 LAYER_MODES = ("single", "upto", "from")
@@ -224,12 +225,10 @@ class LayerPatchingKeys(KindKeys):
     batch_size: PositiveInt = 16
 
 
-def run_layer_patching(
-    model: Model, section: dict[str, Any], out_dir: Path, progress: bool
+def study_layer_patching(
+    model: Model, runs: list[TempoRun], keys: LayerPatchingKeys, out_dir: Path
 ) -> dict:
     """Isolation removed per layer (single, 0..L, L..end) and per head of the top layers."""
-    keys = LayerPatchingKeys(**{k: section[k] for k in LayerPatchingKeys.model_fields})
-    runs = section_runs(model, section)
     result = layer_patching(model, runs, batch_size=keys.batch_size)
     summary = result.summary()
     top = result.ranked_layers()[: keys.head_layers]
@@ -240,10 +239,4 @@ def run_layer_patching(
     return summary | {"heads": heads.summary()}
 
 
-LAYER_PATCHING = Kind(
-    "layer_patching",
-    run_layer_patching,
-    LayerPatchingKeys,
-    unused=("modes",),
-    single=("thresholds", "next_from"),
-)
+LAYER_PATCHING = ablation_kind("layer_patching", LayerPatchingKeys, study_layer_patching)

@@ -19,22 +19,14 @@ import torch
 from matplotlib.figure import Figure
 from pydantic import StrictBool
 
-from tempo_lens.analysis.ablations.driver import (
-    Replays,
-    Source,
-    Variant,
-    ablate,
-    as_sources,
-    jsonable,
-    layout_and_weights,
-    section_runs,
-)
+from tempo_lens.analysis.ablations import driver
 from tempo_lens.analysis.ablations.plots import line_figure
-from tempo_lens.analysis.experiments.kind import Kind, KindKeys, PositiveInt
+from tempo_lens.analysis.experiments.kind import KindKeys, PositiveInt
 from tempo_lens.analysis.metrics import kl
 from tempo_lens.backend import Model
 from tempo_lens.hooks import later_hidden
 from tempo_lens.layout import Layout
+from tempo_lens.run import TempoRun
 
 
 def knockout_members(layout: Layout) -> list[tuple[int, int, int]]:
@@ -67,18 +59,18 @@ class MemberKnockout:
         m = self.later_mean().double()
         ranks = sorted({r for _, _, r, _ in self.members})
         by_rank = {
-            str(r): jsonable(m[[k for k, x in enumerate(self.members) if x[2] == r]].mean())
+            str(r): driver.jsonable(m[[k for k, x in enumerate(self.members) if x[2] == r]].mean())
             for r in ranks
         }
         return {
             "n_prompts": len(self.prompts),
             "isolate": self.isolate,
             "n_members": len(self.members),
-            "kl_later_next_mean": jsonable(m.mean()) if m.numel() else None,
-            "kl_later_next_median": jsonable(m.median()) if m.numel() else None,
+            "kl_later_next_mean": driver.jsonable(m.mean()) if m.numel() else None,
+            "kl_later_next_median": driver.jsonable(m.median()) if m.numel() else None,
             "kl_later_next_by_rank": by_rank,
             "per_member": [
-                {"prompt": p, "step": s, "rank": r, "kl_later_next": jsonable(v)}
+                {"prompt": p, "step": s, "rank": r, "kl_later_next": driver.jsonable(v)}
                 for (p, s, r, _), v in zip(self.members, m.tolist(), strict=True)
             ],
         }
@@ -111,33 +103,33 @@ class MemberKnockout:
 
 def member_knockout(
     model: Model,
-    source: Source | Sequence[Source],
+    source: driver.Source | Sequence[driver.Source],
     *,
     isolate: bool = True,
     batch_size: int = 16,
 ) -> MemberKnockout:
     """Knock out every member of every multi-member set (but the last set's) in turn as
     a key of every later token, replayed in the `isolate` mode; batched over sources."""
-    sources, _ = as_sources(source)
+    sources, _ = driver.as_sources(source)
 
-    def variants(ref: Replays) -> list[Variant]:
+    def variants(ref: driver.Replays) -> list[driver.Variant]:
         n = len(ref.layout)
         base = ref.layout.same_set() if isolate else torch.zeros(n, n, dtype=torch.bool)
         out = []
         for _, _, i in knockout_members(ref.layout):
             key = torch.zeros(n, dtype=torch.bool)
             key[i] = True
-            out.append(Variant(hidden=base | later_hidden(ref.layout, key)))
+            out.append(driver.Variant(hidden=base | later_hidden(ref.layout, key)))
         return out
 
-    def metric(ref: Replays, logits: torch.Tensor) -> torch.Tensor:
+    def metric(ref: driver.Replays, logits: torch.Tensor) -> torch.Tensor:
         _, nxt = ref.rows(logits)
         return kl((ref.iso if isolate else ref.vis)[1], nxt)
 
-    per = ablate(model, sources, variants, metric, batch_size=batch_size)
+    per = driver.ablate(model, sources, variants, metric, batch_size=batch_size)
     members, kls = [], []
     for p, (src, values) in enumerate(zip(sources, per, strict=True)):
-        layout = layout_and_weights(src)[0]
+        layout = driver.layout_and_weights(src)[0]
         for (s, j, i), row in zip(knockout_members(layout), values, strict=True):
             row = row.clone()
             row[: s + 1] = float("nan")
@@ -152,21 +144,13 @@ class MemberKnockoutKeys(KindKeys):
     batch_size: PositiveInt = 16
 
 
-def run_member_knockout(
-    model: Model, section: dict[str, Any], out_dir: Path, progress: bool
+def study_member_knockout(
+    model: Model, runs: list[TempoRun], keys: MemberKnockoutKeys, out_dir: Path
 ) -> dict:
     """Each member knocked out as a key for all later tokens; effect on later next-sets."""
-    keys = MemberKnockoutKeys(**{k: section[k] for k in MemberKnockoutKeys.model_fields})
-    runs = section_runs(model, section)
     result = member_knockout(model, runs, isolate=keys.isolate, batch_size=keys.batch_size)
     result.plot().savefig(out_dir / "member_knockout.png", dpi=110)
     return result.summary()
 
 
-MEMBER_KNOCKOUT = Kind(
-    "member_knockout",
-    run_member_knockout,
-    MemberKnockoutKeys,
-    unused=("modes",),
-    single=("thresholds", "next_from"),
-)
+MEMBER_KNOCKOUT = driver.ablation_kind("member_knockout", MemberKnockoutKeys, study_member_knockout)

@@ -14,21 +14,12 @@ import torch
 from matplotlib.figure import Figure
 from pydantic import Field
 
-from tempo_lens.analysis.ablations.driver import (
-    Distances,
-    Replays,
-    Source,
-    Variant,
-    ablate,
-    as_sources,
-    jsonable,
-    schedule_variants,
-    section_runs,
-)
+from tempo_lens.analysis.ablations import driver
 from tempo_lens.analysis.ablations.plots import line_figure
-from tempo_lens.analysis.experiments.kind import Count, Kind, KindKeys, NonNegative, PositiveInt
+from tempo_lens.analysis.experiments.kind import Count, KindKeys, NonNegative, PositiveInt
 from tempo_lens.backend import Model
 from tempo_lens.hooks import branch_hidden, sibling_window_hidden
+from tempo_lens.run import TempoRun
 
 
 def bias_schedules(model: Model, biases: Sequence[float]) -> torch.Tensor:
@@ -38,18 +29,18 @@ def bias_schedules(model: Model, biases: Sequence[float]) -> torch.Tensor:
     return b[:, None, None].expand(-1, cfg.n_layers, cfg.n_heads)
 
 
-def mask_variants(replays: Replays, windows: Sequence[int]) -> dict[str, Variant]:
+def mask_variants(replays: driver.Replays, windows: Sequence[int]) -> dict[str, driver.Variant]:
     """`window k` for each k and `isolate always`, as named variants."""
     layout = replays.layout
-    out = {f"window {k}": Variant(hidden=sibling_window_hidden(layout, k)) for k in windows}
-    out["isolate always"] = Variant(hidden=layout.same_set() | branch_hidden(layout))
+    out = {f"window {k}": driver.Variant(hidden=sibling_window_hidden(layout, k)) for k in windows}
+    out["isolate always"] = driver.Variant(hidden=layout.same_set() | branch_hidden(layout))
     return out
 
 
 @dataclass(frozen=True)
 class PartialIsolation:
     """`bias_distances` `[prompts, biases, 4]`, `variant_distances` `[prompts, variants, 4]`
-    (`Distances` fields)."""
+    (`driver.Distances` fields)."""
 
     prompts: list[str]
     biases: list[float]
@@ -58,15 +49,15 @@ class PartialIsolation:
     variant_distances: torch.Tensor
 
     def summary(self) -> dict[str, Any]:
-        names = Distances.names()
+        names = driver.Distances.names()
         bias = self.bias_distances.mean(0)
         var = self.variant_distances.mean(0)
         return {
             "n_prompts": len(self.prompts),
             "biases": self.biases,
-            "bias_sweep": {f: jsonable(bias[:, i]) for i, f in enumerate(names)},
+            "bias_sweep": {f: driver.jsonable(bias[:, i]) for i, f in enumerate(names)},
             "variants": {
-                v: {f: jsonable(var[j, i]) for i, f in enumerate(names)}
+                v: {f: driver.jsonable(var[j, i]) for i, f in enumerate(names)}
                 for j, v in enumerate(self.variants)
             },
         }
@@ -83,7 +74,7 @@ class PartialIsolation:
         )
 
     def to_pandas(self) -> pd.DataFrame:
-        names = Distances.names()
+        names = driver.Distances.names()
         rows = [
             {"prompt": p, "variant": f"bias {b:g}", "bias": b}
             | dict(zip(names, self.bias_distances[i, j].tolist(), strict=True))
@@ -101,7 +92,7 @@ class PartialIsolation:
 
 def partial_isolation(
     model: Model,
-    source: Source | Sequence[Source],
+    source: driver.Source | Sequence[driver.Source],
     biases: Sequence[float] = (0, 1, 10000),
     windows: Sequence[int] = (0, 1),
     *,
@@ -109,14 +100,14 @@ def partial_isolation(
 ) -> PartialIsolation:
     """The bias sweep, the sibling windows and "isolate always", in one batched driver
     call over every source."""
-    sources, _ = as_sources(source)
+    sources, _ = driver.as_sources(source)
     schedules = bias_schedules(model, biases)
     names = [*(f"window {k}" for k in windows), "isolate always"]
 
-    def variants(ref: Replays) -> list[Variant]:
-        return schedule_variants(schedules, ref) + list(mask_variants(ref, windows).values())
+    def variants(ref: driver.Replays) -> list[driver.Variant]:
+        return driver.schedule_variants(schedules, ref) + list(mask_variants(ref, windows).values())
 
-    per = torch.stack(ablate(model, sources, variants, batch_size=batch_size))
+    per = torch.stack(driver.ablate(model, sources, variants, batch_size=batch_size))
     prompts = [getattr(s, "prompt", None) or f"source {i}" for i, s in enumerate(sources)]
     nb = len(biases)
     return PartialIsolation(prompts, list(biases), per[:, :nb], names, per[:, nb:])
@@ -124,12 +115,12 @@ def partial_isolation(
 
 def bias_sweep(
     model: Model,
-    source: Source | Sequence[Source],
+    source: driver.Source | Sequence[driver.Source],
     biases: Sequence[float],
     *,
     batch_size: int = 16,
 ) -> torch.Tensor:
-    """`[prompts, biases, 4]` `Distances` of −b on same-set scores at every layer."""
+    """`[prompts, biases, 4]` `driver.Distances` of −b on same-set scores at every layer."""
     return partial_isolation(model, source, biases, (), batch_size=batch_size).bias_distances
 
 
@@ -144,21 +135,15 @@ class PartialIsolationKeys(KindKeys):
     batch_size: PositiveInt = 16
 
 
-def run_partial_isolation(
-    model: Model, section: dict[str, Any], out_dir: Path, progress: bool
+def study_partial_isolation(
+    model: Model, runs: list[TempoRun], keys: PartialIsolationKeys, out_dir: Path
 ) -> dict:
     """Finite same-set bias, k-nearest-sibling windows, and isolation scope."""
-    keys = PartialIsolationKeys(**{k: section[k] for k in PartialIsolationKeys.model_fields})
-    runs = section_runs(model, section)
     result = partial_isolation(model, runs, keys.biases, keys.windows, batch_size=keys.batch_size)
     result.plot().savefig(out_dir / "bias_sweep.png", dpi=110)
     return result.summary()
 
 
-PARTIAL_ISOLATION = Kind(
-    "partial_isolation",
-    run_partial_isolation,
-    PartialIsolationKeys,
-    unused=("modes",),
-    single=("thresholds", "next_from"),
+PARTIAL_ISOLATION = driver.ablation_kind(
+    "partial_isolation", PartialIsolationKeys, study_partial_isolation
 )

@@ -19,22 +19,15 @@ import torch
 from matplotlib.figure import Figure
 from pydantic import Field
 
-from tempo_lens.analysis.ablations.driver import (
-    Replays,
-    Source,
-    Variant,
-    ablate,
-    as_sources,
-    jsonable,
-    section_runs,
-)
+from tempo_lens.analysis.ablations import driver
 from tempo_lens.analysis.ablations.plots import line_figure
-from tempo_lens.analysis.experiments.kind import Kind, KindKeys, NonNegative
+from tempo_lens.analysis.experiments.kind import KindKeys, NonNegative
 from tempo_lens.analysis.metrics import kl
 from tempo_lens.backend import Model
 from tempo_lens.errors import TempoError
 from tempo_lens.hooks import fractional_positions
 from tempo_lens.layout import Layout
+from tempo_lens.run import TempoRun
 
 FIELDS = ("kl_members", "kl_next", "top1_agree")
 
@@ -87,11 +80,11 @@ def standard_variants(
     return out
 
 
-def position_metric(isolate: bool) -> Callable[[Replays, torch.Tensor], torch.Tensor]:
+def position_metric(isolate: bool) -> Callable[[driver.Replays, torch.Tensor], torch.Tensor]:
     """`[3]`: mean KL(original ‖ variant) over member rows and next-set distributions,
     and the share of member rows whose top-1 token is unchanged."""
 
-    def metric(ref: Replays, logits: torch.Tensor) -> torch.Tensor:
+    def metric(ref: driver.Replays, logits: torch.Tensor) -> torch.Tensor:
         m, x = ref.rows(logits)
         rm, rx = ref.iso if isolate else ref.vis
         if not m.numel():
@@ -116,7 +109,7 @@ class PositionAblation:
         return {
             "n_prompts": len(self.prompts),
             "variants": {
-                v: {f: jsonable(mean[j, i]) for i, f in enumerate(FIELDS)}
+                v: {f: driver.jsonable(mean[j, i]) for i, f in enumerate(FIELDS)}
                 for j, v in enumerate(self.variants)
             },
         }
@@ -127,10 +120,10 @@ class PositionAblation:
         return line_figure(
             [float(v.split()[1]) for v in gaps],
             {"KL members": [table[v]["kl_members"] for v in gaps]},
-            title="Position gap between prompt and generation (explicit mask kept)",
+            logx=True,
             xlabel="gap",
             ylabel="mean KL to gap 0 (nats)",
-            logx=True,
+            title="Position gap between prompt and generation (explicit mask kept)",
         )
 
     def to_pandas(self) -> pd.DataFrame:
@@ -146,7 +139,7 @@ class PositionAblation:
 
 def position_ablation(
     model: Model,
-    source: Source | Sequence[Source],
+    source: driver.Source | Sequence[driver.Source],
     variants: Callable[[Layout], dict[str, Layout]],
     *,
     isolate: bool = True,
@@ -154,10 +147,10 @@ def position_ablation(
 ) -> PositionAblation:
     """Replay each variant layout `variants(layout)` (same tokens, same mask, other
     positions; the same names for every source) against the original positions."""
-    sources, _ = as_sources(source)
+    sources, _ = driver.as_sources(source)
     names: list[str] = []
 
-    def build(ref: Replays) -> list[Variant]:
+    def build(ref: driver.Replays) -> list[driver.Variant]:
         named = variants(ref.layout)
         for name, v in named.items():
             if not torch.equal(v.tokens, ref.layout.tokens):
@@ -166,9 +159,9 @@ def position_ablation(
             raise TempoError("every source must get the same variant names")
         names[:] = list(named)
         hidden = ref.layout.same_set() if isolate else None
-        return [Variant(hidden=hidden, layout=v) for v in named.values()]
+        return [driver.Variant(hidden=hidden, layout=v) for v in named.values()]
 
-    per = ablate(model, sources, build, position_metric(isolate), batch_size=batch_size)
+    per = driver.ablate(model, sources, build, position_metric(isolate), batch_size=batch_size)
     prompts = [getattr(s, "prompt", None) or f"source {i}" for i, s in enumerate(sources)]
     return PositionAblation(prompts, names, torch.stack(per))
 
@@ -183,12 +176,10 @@ class PositionAblationKeys(KindKeys):
     gaps: list[NonNegative] = Field(default=[1, 5, 20, 100, 1000], min_length=1)
 
 
-def run_position_ablation(
-    model: Model, section: dict[str, Any], out_dir: Path, progress: bool
+def study_position_ablation(
+    model: Model, runs: list[TempoRun], keys: PositionAblationKeys, out_dir: Path
 ) -> dict:
     """Offsets within a set, sequential positions and prompt gaps, explicit mask kept."""
-    keys = PositionAblationKeys(**{k: section[k] for k in PositionAblationKeys.model_fields})
-    runs = section_runs(model, section)
     fractional = fractional_positions(model)
 
     def variants(layout: Layout) -> dict[str, Layout]:
@@ -199,10 +190,6 @@ def run_position_ablation(
     return result.summary()
 
 
-POSITION_ABLATION = Kind(
-    "position_ablation",
-    run_position_ablation,
-    PositionAblationKeys,
-    unused=("modes",),
-    single=("thresholds", "next_from"),
+POSITION_ABLATION = driver.ablation_kind(
+    "position_ablation", PositionAblationKeys, study_position_ablation
 )
