@@ -178,6 +178,12 @@ def _learned_position_hooks(model: Model, batch: LayoutBatch) -> list[Hook]:
     return [("hook_pos_embed", pos_hook)]
 
 
+def fractional_positions(model: Model) -> bool:
+    """Whether the model takes fractional logical positions (rotary models do; learned
+    position tables only have whole positions)."""
+    return model.cfg.positional_embedding_type == "rotary"
+
+
 def position_hooks(model: Model, layout: Layout | LayoutBatch) -> list[Hook]:
     """Hooks that put every token at its logical position (per row for a LayoutBatch).
 
@@ -385,3 +391,85 @@ def isolation_hooks(
 
 def _is_neg_inf(bias: Bias) -> bool:
     return isinstance(bias, float | int) and bias == -math.inf
+
+
+# ---------------------------------------------------------------------------------------
+# Other masks, all on `mask_hooks`: each builds a `hidden` matrix, nothing else
+# ---------------------------------------------------------------------------------------
+
+
+def sibling_window_hooks(
+    layout: Layout, k: int, *, layers: Iterable[int] | None = None
+) -> list[Hook]:
+    """Each member sees only its `k` physically nearest siblings (k=0: isolated; k at
+    least the largest set size: visible). Attention is causal, so these are the k
+    siblings just before it."""
+    return mask_hooks(layout, sibling_window_hidden(layout, k), layers=layers)
+
+
+def sibling_window_hidden(layout: Layout, k: int) -> Bool[torch.Tensor, "n n"]:
+    """`[q, k]` True where key k is a sibling of q more than `k` places away."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise TempoError(f"the sibling window k must be an integer >= 0, got {k!r}")
+    idx = torch.arange(len(layout))
+    return layout.same_set() & ((idx[:, None] - idx[None, :]).abs() > k)
+
+
+def branch_hidden(layout: Layout) -> Bool[torch.Tensor, "n n"]:
+    """`[q, k]` True where key k is a non-top member of an earlier set than q's: the
+    pairs that "isolation always" (every branch stays on its own) additionally hides."""
+    step = layout.step
+    first = torch.zeros(len(layout), dtype=torch.bool)
+    for s in range(layout.n_steps):
+        first[layout.set_slice(s).start] = True
+    non_top = (step >= 0) & ~first
+    return (step[:, None] > step[None, :]) & non_top[None, :]
+
+
+def isolate_always_hooks(layout: Layout) -> list[Hook]:
+    """Isolation that does not end once a set has been read: siblings never see each
+    other AND later tokens see only each set's top member (the others become dead
+    branches). Compare with ordinary isolation, which only applies while the set is read:
+    later tokens see every member."""
+    return mask_hooks(layout, layout.same_set() | branch_hidden(layout))
+
+
+def later_hidden(layout: Layout, keys: Bool[torch.Tensor, " n"]) -> Bool[torch.Tensor, "n n"]:
+    """`[q, k]` True where key k is one of `keys` and q belongs to a later step than k:
+    those keys hidden from every later set (their own siblings untouched)."""
+    if keys.shape != (len(layout),):
+        raise TempoError(f"keys must be a [{len(layout)}] bool mask, got {tuple(keys.shape)}")
+    later = layout.step[:, None] > layout.step[None, :]
+    return later & keys.bool()[None, :]
+
+
+def pruning_hooks(layout: Layout, pruned: Bool[torch.Tensor, " n"]) -> list[Hook]:
+    """Hide `pruned` tokens from every later set (their own siblings are untouched):
+    the replay a generation would have seen had those members been pruned."""
+    return mask_hooks(layout, later_hidden(layout, pruned))
+
+
+def schedule_hooks(
+    layout: Layout | LayoutBatch,
+    hidden: Bool[torch.Tensor, "q n"] | Bool[torch.Tensor, "batch q n"],
+    bias: Float[torch.Tensor, "batch n_layers n_heads"],
+) -> list[Hook]:
+    """A batch of mask schedules in one forward: batch row b adds `bias[b, L, h]` to the
+    `hidden` scores of head h at layer L (0 = nothing, -inf = hidden, finite = damped).
+    `mask_hooks` once per layer whose biases are not all 0."""
+    hooks: list[Hook] = []
+    for layer in range(bias.shape[1]):
+        if not bool((bias[:, layer] == 0).all()):
+            hooks += mask_hooks(layout, hidden, layers=[layer], bias=bias[:, layer])
+    return hooks
+
+
+def same_set_bias_hooks(
+    layout: Layout | LayoutBatch, bias: Float[torch.Tensor, "batch n_layers n_heads"]
+) -> list[Hook]:
+    """A batch of isolation schedules in one forward: batch element b adds
+    `bias[b, L, h]` to same-set scores of head h at layer L (0 = visible, -inf =
+    isolated, finite = partial). Run a Layout's tokens repeated `batch` times, or a
+    LayoutBatch with one row per schedule (pads stay hidden by the mechanism's mask)."""
+    same = batch_hidden(layout, isolate=True) & ~batch_hidden(layout, isolate=False)
+    return schedule_hooks(layout, same, bias)

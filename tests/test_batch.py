@@ -216,23 +216,6 @@ def test_live_pruning_batched_equals_single_and_round_trips(tiny_pair, tmp_path)
 # Batched drivers --------------------------------------------------------------------------
 
 
-def test_layer_patching_batched_over_prompts_equals_one_by_one(tiny_pair):
-    from tempo_lens.analysis import ablations as ab
-
-    model, _, _ = tiny_pair
-    runs = tl.generate(model, PROMPTS[:3], threshold=0.1, max_steps=5, eos_token_id=None)
-    together = ab.layer_patching(model, runs, batch_size=7)
-    heads = ab.head_patching(model, runs, [0, 1], batch_size=5)
-    for run, lp, hp in zip(runs, together, heads, strict=True):
-        alone = ab.layer_patching(model, run)
-        assert lp.baseline.kl_vis_members == pytest.approx(alone.baseline.kl_vis_members, abs=1e-6)
-        for mode, fields in alone.layers.items():
-            for name, values in fields.items():
-                assert lp.layers[mode][name] == pytest.approx(values, abs=1e-5, rel=1e-4)
-        for layer, values in ab.head_patching(model, run, [0, 1]).items():
-            assert hp[layer] == pytest.approx(values, abs=1e-5, rel=1e-4)
-
-
 def test_generate_unit_batches_and_keeps_order(tiny_pair):
     from tempo_lens.analysis.experiments.runs import RunOptions, RunSpec, generate_unit
 

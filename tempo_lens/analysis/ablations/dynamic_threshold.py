@@ -1,5 +1,5 @@
 """Dynamic threshold schedules and retroactive pruning (seed features the original
-parsed but never wired).
+parsed but never wired). Generation, not replay: this family does not use the driver.
 
 A schedule is a callable `(step, max_steps) -> threshold` for `generate(threshold=...)`
 over t = step / max_steps, carrying a JSON-able `.spec` that the run records in its
@@ -13,15 +13,25 @@ decision hides the member from every later query.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from jaxtyping import Float
+from matplotlib.figure import Figure
+from pydantic import Field
 
-from tempo_lens import Layout, TempoError, TempoRun, forward
+from tempo_lens.analysis.ablations.driver import jsonable, section_runs, section_texts
+from tempo_lens.analysis.ablations.plots import line_figure
+from tempo_lens.analysis.experiments.kind import Kind, KindKeys, Unit
 from tempo_lens.backend import Model
-from tempo_lens.generate import prune_rule
+from tempo_lens.errors import TempoError
+from tempo_lens.generate import forward, prune_rule
+from tempo_lens.layout import Layout
+from tempo_lens.run import TempoRun
 
 
 def _check_unit(name: str, value: float, lo_open: bool = True) -> None:
@@ -148,11 +158,9 @@ def retroactive_prune(
     mean score are marked pruned."""
     layout = run.layout
     if isolate is None:
-        isolate = bool(run.config.get("isolate", True))
+        isolate = run.config.isolate
     _, cache = forward(model, layout, isolate=isolate, cache=["hook_pattern"])
-    attn = torch.stack(
-        [cache[f"blocks.{L}.attn.hook_pattern"][0] for L in range(model.cfg.n_layers)]
-    ).mean((0, 1))  # [q, k]
+    attn = cache.stack_activation("pattern")[:, 0].mean((0, 1))  # [q, k]
     return prune_by_attention(layout, attn, ratio)
 
 
@@ -194,9 +202,146 @@ def marked_text(run: TempoRun, pruned: torch.Tensor) -> str:
 
 
 def mark_pruned(run: TempoRun, result: PruneResult) -> TempoRun:
-    """A copy of `run` whose config records the pruning (`config["retroactive_pruning"]`:
+    """A copy of `run` whose notes record the pruning (`notes["retroactive_pruning"]`:
     ratio, scores, pruned members, marked text), so it is saved and loaded with the run;
     no token is removed."""
     marked = copy.copy(run)
-    marked.config = {**run.config, "retroactive_pruning": result.to_json(run)}
+    marked.notes = {**run.notes, "retroactive_pruning": result.to_json(run)}
     return marked
+
+
+# ---------------------------------------------------------------------------------------
+# Schedules × pruning over prompts
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DynamicThreshold:
+    """Per schedule (`specs`): its thresholds over the steps, every run's set sizes
+    (`set_sizes[schedule][prompt]`), and how many members the retroactive scorer scored
+    and pruned (`scored`, `pruned`: `[schedules, prompts]`)."""
+
+    prompts: list[str]
+    max_steps: int
+    prune_ratio: float
+    specs: list[dict[str, Any]]
+    set_sizes: list[list[list[int]]]
+    scored: torch.Tensor
+    pruned: torch.Tensor
+
+    def names(self) -> list[str]:
+        return [f"{i}: {s['schedule']}" for i, s in enumerate(self.specs)]
+
+    def thresholds(self, i: int) -> list[float]:
+        sched = threshold_from_spec(self.specs[i])
+        return [round(sched(s, self.max_steps), 4) for s in range(self.max_steps)]
+
+    def mean_set_size(self, i: int) -> list[float | None]:
+        out = []
+        for s in range(self.max_steps):
+            sizes = [r[s] for r in self.set_sizes[i] if s < len(r)]
+            out.append(jsonable(sum(sizes) / len(sizes)) if sizes else None)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            name: {
+                "spec": spec,
+                "thresholds": self.thresholds(i),
+                "mean_set_size": self.mean_set_size(i),
+                "scored_members": int(self.scored[i].sum()),
+                "pruned_members": int(self.pruned[i].sum()),
+            }
+            for i, (name, spec) in enumerate(zip(self.names(), self.specs, strict=True))
+        }
+
+    def plot(self) -> Figure:
+        names = self.names()
+        curves: dict[str, list[float | None]] = {}
+        for i, name in enumerate(names):
+            curves[f"{name} threshold"] = list(self.thresholds(i))
+            curves[f"{name} mean set size / 10"] = [
+                None if v is None else v / 10 for v in self.mean_set_size(i)
+            ]
+        return line_figure(
+            list(range(self.max_steps)),
+            curves,
+            title="Dynamic threshold schedules",
+            xlabel="step",
+            ylabel="value",
+        )
+
+    def to_pandas(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {"schedule": name, "prompt": p, "step": s, "set_size": size}
+                for i, name in enumerate(self.names())
+                for j, p in enumerate(self.prompts)
+                for s, size in enumerate(self.set_sizes[i][j])
+            ]
+        )
+
+
+def dynamic_threshold(
+    model: Model,
+    prompts: Sequence[str],
+    schedules: Sequence[ThresholdSchedule],
+    *,
+    max_steps: int = 15,
+    prune_ratio: float = 0.5,
+    section: dict[str, Any] | None = None,
+) -> DynamicThreshold:
+    """Generate every prompt under each schedule (batched; `section`: the generation
+    settings of a kind's config) and score each run with `retroactive_prune`."""
+    base = {"prompts": list(prompts), "max_steps": max_steps, "thresholds": [0.1]}
+    base |= {"next_from": ["mixture"], "stop_at_eos": True}
+    settings = {**base, **(section or {}), "prompts": list(prompts), "max_steps": max_steps}
+    sizes, scored, pruned = [], [], []
+    for sched in schedules:
+        runs = section_runs(model, settings, threshold=sched)
+        results = [retroactive_prune(model, run, ratio=prune_ratio) for run in runs]
+        sizes.append([[len(s) for s in run.steps] for run in runs])
+        scored.append([int((~r.scores.isnan()).sum()) for r in results])
+        pruned.append([int(r.pruned.sum()) for r in results])
+    return DynamicThreshold(
+        list(prompts),
+        max_steps,
+        prune_ratio,
+        [s.spec for s in schedules],
+        sizes,
+        torch.tensor(scored, dtype=torch.long).reshape(len(schedules), len(prompts)),
+        torch.tensor(pruned, dtype=torch.long).reshape(len(schedules), len(prompts)),
+    )
+
+
+class DynamicThresholdKeys(KindKeys):
+    schedules: list[dict[str, Any]] = Field(
+        default=[{"schedule": "bezier"}, {"schedule": "relu"}], min_length=1
+    )
+    prune_ratio: Unit = 0.5
+
+
+def run_dynamic_threshold(
+    model: Model, section: dict[str, Any], out_dir: Path, progress: bool
+) -> dict:
+    """Generate under each threshold schedule; prune each run retroactively."""
+    keys = DynamicThresholdKeys(**{k: section[k] for k in DynamicThresholdKeys.model_fields})
+    result = dynamic_threshold(
+        model,
+        section_texts(section),
+        [threshold_from_spec(s) for s in keys.schedules],
+        max_steps=section["max_steps"],
+        prune_ratio=keys.prune_ratio,
+        section=section,
+    )
+    result.plot().savefig(out_dir / "schedules.png", dpi=110)
+    return result.summary()
+
+
+DYNAMIC_THRESHOLD = Kind(
+    "dynamic_threshold",
+    run_dynamic_threshold,
+    DynamicThresholdKeys,
+    unused=("modes", "thresholds"),
+    single=("next_from",),
+)

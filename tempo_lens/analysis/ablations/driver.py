@@ -1,0 +1,446 @@
+"""The one ablation driver, in the shape of TransformerLens's `generic_activation_patch`:
+sources (runs or layouts) × a variant builder × a metric → metrics per source.
+
+Every family in this package only says which variants to replay (a `Variant`: an extra
+masked block with a per-layer, per-head bias, other positions, an activation patch, where
+the replay may start) and what to measure; `ablate` replays all (source, variant) pairs
+in padded batches under the replay memory budget, each row starting at the first layer
+where it differs from a reference replay.
+
+The references are each source's fully isolated and fully visible replays (`Replays`).
+Rows compared: every generated token's own next-token distribution ("members") and each
+step's next-set distribution ("next", `tempo_lens.generate.next_distribution` with the
+run's own `next_from`). Distances are KL(reference ‖ variant) in nats, averaged over rows.
+
+"Restored fraction" has ONE definition here (`restored_fraction`): per prompt
+r = 1 − KL(source ‖ variant) / KL(source ‖ target), where the source mode is what is
+being restored (visible for layer patching) and the target the mode the variant starts
+from; reported as the distribution over prompts (median, IQR, share negative, NaN
+prompts — those whose baseline KL is 0 — counted) beside the pooled value
+1 − mean KL_variant / mean KL_base. Fractions of a KL do not add up across layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from jaxtyping import Bool, Float
+
+from tempo_lens.analysis.experiments.kind import Kind, KindKeys
+from tempo_lens.analysis.metrics import kl
+from tempo_lens.backend import Model
+from tempo_lens.generate import (
+    FORWARD_MEMORY_BUDGET,
+    forward,
+    generate,
+    mechanism_hooks,
+    next_distribution,
+    replay_rows,
+)
+from tempo_lens.hooks import Hook, schedule_hooks
+from tempo_lens.layout import Layout, LayoutBatch
+from tempo_lens.run import TempoRun
+
+Source = TempoRun | Layout
+K = TypeVar("K", bound=KindKeys)
+
+
+def as_sources(source: Source | Sequence[Source]) -> tuple[list[Source], bool]:
+    """(list of sources, whether a single one was given)."""
+    if isinstance(source, TempoRun | Layout):
+        return [source], True
+    return list(source), False
+
+
+def layout_and_weights(source: Source) -> tuple[Layout, torch.Tensor]:
+    """The layout and each token's selection probability (1 for a bare Layout)."""
+    if isinstance(source, TempoRun):
+        w = torch.ones(len(source.layout), dtype=torch.float64)
+        for s, ps in enumerate(source.steps):
+            w[source.layout.set_slice(s)] = torch.tensor(ps.probs, dtype=torch.float64)
+        return source.layout, w
+    return source, torch.ones(len(source), dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class Distances:
+    """Mean KL(reference ‖ variant) to the isolated and visible replays."""
+
+    kl_iso_members: float
+    kl_vis_members: float
+    kl_iso_next: float
+    kl_vis_next: float
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def of(cls, values: torch.Tensor) -> Distances:
+        return cls(*(float(v) for v in values))
+
+
+def _mean(t: torch.Tensor) -> torch.Tensor:
+    return t.mean() if t.numel() else torch.zeros((), dtype=torch.float64)
+
+
+class Replays:
+    """The isolated and visible replays of one source, reduced to comparable rows, with
+    their residual streams (`hook_resid_pre` of every layer), so a variant that agrees
+    with one of them up to layer L starts there. `Replays.of(model, sources)` builds many
+    in two batched forwards."""
+
+    def __init__(
+        self, source: Source, iso: tuple[torch.Tensor, Any], vis: tuple[torch.Tensor, Any]
+    ):
+        self.source = source
+        self.layout, self.weights = layout_and_weights(source)
+        self.next_from = source.config.next_from if isinstance(source, TempoRun) else "mixture"
+        (iso_logits, self.iso_cache), (vis_logits, self.vis_cache) = iso, vis
+        self.iso_logits, self.vis_logits = iso_logits[0], vis_logits[0]
+        self.iso = self.rows(self.iso_logits)
+        self.vis = self.rows(self.vis_logits)
+
+    @classmethod
+    def of(cls, model: Model, sources: Sequence[Source]) -> list[Replays]:
+        layouts = [layout_and_weights(s)[0] for s in sources]
+        resid = ["hook_resid_pre"]
+        iso_logits, iso_caches = forward(model, layouts, isolate=True, cache=resid)
+        vis_logits, vis_caches = forward(model, layouts, isolate=False, cache=resid)
+        return [
+            cls(s, (il, ic), (vl, vc))
+            for s, il, ic, vl, vc in zip(
+                sources, iso_logits, iso_caches, vis_logits, vis_caches, strict=True
+            )
+        ]
+
+    def rows(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(member rows `[m, vocab]`, next-set distributions `[steps, vocab]`) as log-probs."""
+        members = torch.log_softmax(logits[self.layout.step >= 0].double(), -1)
+        nxt = []
+        for s in range(self.layout.n_steps):
+            sl = self.layout.set_slice(s)
+            probs = self.weights[sl].tolist()
+            nxt.append(next_distribution(logits[sl], probs, self.next_from).double().log())
+        return members, (torch.stack(nxt) if nxt else members[:0])
+
+    def distances(self, logits: torch.Tensor) -> torch.Tensor:
+        """`[4]`: the `Distances` fields of a replay's logits `[n, vocab]`."""
+        m, x = self.rows(logits)
+        return torch.stack(
+            [
+                _mean(kl(self.iso[0], m)),
+                _mean(kl(self.vis[0], m)),
+                _mean(kl(self.iso[1], x)),
+                _mean(kl(self.vis[1], x)),
+            ]
+        )
+
+    def baseline(self) -> Distances:
+        """The isolated replay measured against both references (KL(vis ‖ iso))."""
+        return Distances.of(self.distances(self.iso_logits))
+
+    def resid(self, isolated: bool, layer: int) -> torch.Tensor:
+        cache = self.iso_cache if isolated else self.vis_cache
+        return cache["resid_pre", layer]
+
+
+Metric = Callable[[Replays, torch.Tensor], torch.Tensor]
+
+
+def distances_metric(replays: Replays, logits: torch.Tensor) -> torch.Tensor:
+    """The default metric: `[4]` `Distances` fields of the variant's logits."""
+    return replays.distances(logits)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Write `value[positions]` (`value` `[n, ...]`: an activation of the source layout)
+    into hook `name` at the layout's physical `positions` (TL's layer-position patch,
+    mapped onto the padded batch's columns)."""
+
+    name: str
+    positions: torch.Tensor
+    value: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One replay of a source, on top of its positions with no isolation:
+
+    - `hidden` `[n, n]` and `bias`: `bias[L, h]` (or one float for every layer and head)
+      is added to those query-key scores of head h at layer L (-inf hides them; the
+      fully isolated replay is `hidden = layout.same_set()`, bias -inf);
+    - `layout`: other positions for the same tokens (None: the source's own);
+    - `patch`: an activation patch;
+    - `start_layer`: the layers before it equal the isolated (`start_isolated`) or the
+      visible reference replay, so the replay starts there from its residual stream."""
+
+    hidden: Bool[torch.Tensor, "n n"] | None = None
+    bias: Float[torch.Tensor, "layers heads"] | float = -math.inf
+    layout: Layout | None = None
+    patch: Patch | None = None
+    start_layer: int = 0
+    start_isolated: bool = True
+
+
+VariantFn = Callable[[Replays], Sequence[Variant]]
+
+
+def ablate(
+    model: Model,
+    source: Source | Sequence[Source],
+    variants: VariantFn,
+    metric: Metric = distances_metric,
+    *,
+    batch_size: int = 16,
+    memory_budget: int = FORWARD_MEMORY_BUDGET,
+    replays: Sequence[Replays] | None = None,
+) -> list[torch.Tensor]:
+    """THE driver: replay every variant `variants(replays)` of every source and measure
+    `metric(replays, logits)`; per source a tensor `[n_variants, *metric_shape]`
+    (`replays`: the sources' `Replays` when the caller already has them).
+
+    (source, variant) rows are sorted by start layer and replayed in padded batches of
+    at most `batch_size` rows (fewer when `memory_budget` bytes allow fewer), each batch
+    from its earliest start layer."""
+    sources, _ = as_sources(source)
+    refs = list(replays) if replays is not None else Replays.of(model, sources)
+    per_ref = [list(variants(ref)) for ref in refs]
+    items = [(r, i) for r, vs in enumerate(per_ref) for i in range(len(vs))]
+    items.sort(key=lambda ri: per_ref[ri[0]][ri[1]].start_layer)
+    longest = max(
+        (len(v.layout or refs[r].layout) for r, vs in enumerate(per_ref) for v in vs), default=1
+    )
+    rows = max(1, min(batch_size, replay_rows(model, longest, None, memory_budget)))
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    for begin in range(0, len(items), rows):
+        chunk = [(refs[r], per_ref[r][i]) for r, i in items[begin : begin + rows]]
+        logits, grid = _replay_chunk(model, chunk)
+        for b, ((r, i), (ref, _)) in enumerate(
+            zip(items[begin : begin + rows], chunk, strict=True)
+        ):
+            out[(r, i)] = metric(ref, logits[b, grid.real_columns(b)])
+    return [
+        torch.stack([out[(r, i)] for i in range(len(vs))]) if vs else torch.empty(0)
+        for r, vs in enumerate(per_ref)
+    ]
+
+
+def _replay_chunk(
+    model: Model, chunk: Sequence[tuple[Replays, Variant]]
+) -> tuple[torch.Tensor, LayoutBatch]:
+    """One padded forward of the chunk's rows: logits `[rows, n, vocab]` and the grid."""
+    grid = LayoutBatch.of([v.layout or ref.layout for ref, v in chunk])
+    n, cfg = len(grid), model.cfg
+    hidden = torch.zeros(len(chunk), n, n, dtype=torch.bool)
+    bias = torch.zeros(len(chunk), cfg.n_layers, cfg.n_heads, dtype=torch.float64)
+    for b, (_, v) in enumerate(chunk):
+        if v.hidden is not None:
+            cols = grid.real_columns(b)
+            hidden[b, cols[:, None], cols[None, :]] = v.hidden
+            bias[b] = torch.as_tensor(v.bias, dtype=torch.float64).expand(cfg.n_layers, cfg.n_heads)
+    hooks = schedule_hooks(grid, hidden, bias) + _patch_hooks(grid, [v.patch for _, v in chunk])
+    start = min(v.start_layer for _, v in chunk)
+    resid = None
+    if start > 0:
+        resid = torch.zeros(len(chunk), n, cfg.d_model, dtype=cfg.dtype, device=cfg.device)
+        for b, (ref, v) in enumerate(chunk):
+            resid[b, grid.real_columns(b)] = ref.resid(v.start_isolated, start)[0].to(resid)
+    return replay(model, grid, hooks, start_at_layer=start, resid=resid), grid
+
+
+def _patch_hooks(grid: LayoutBatch, patches: Sequence[Patch | None]) -> list[Hook]:
+    by_name: dict[str, list[tuple[int, Patch]]] = {}
+    for b, p in enumerate(patches):
+        if p is not None:
+            by_name.setdefault(p.name, []).append((b, p))
+
+    def make(rows: list[tuple[int, Patch]]):
+        def patch(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            for b, p in rows:
+                cols = grid.real_columns(b)[p.positions].to(act.device)
+                act[b, cols] = p.value[p.positions].to(act)
+            return act
+
+        return patch
+
+    return [(name, make(rows)) for name, rows in by_name.items()]
+
+
+def replay(
+    model: Model,
+    grid: Layout | LayoutBatch,
+    fwd_hooks: Sequence[Hook],
+    *,
+    start_at_layer: int = 0,
+    resid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One forward of a layout batch (positions applied, pads hidden, no isolation) with
+    `fwd_hooks`; logits `[rows, n, vocab]`. With `start_at_layer` > 0, `resid`
+    `[rows, n, d_model]` is the residual stream entering that layer."""
+    grid = LayoutBatch.of(grid)
+    tokens = grid.tokens.to(model.cfg.device)
+    hooks = mechanism_hooks(model, grid, isolate=False) + list(fwd_hooks)
+    mask = torch.ones_like(tokens)
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        if start_at_layer == 0:
+            return model(tokens, attention_mask=mask)
+        return model(resid, start_at_layer=start_at_layer, attention_mask=mask)
+
+
+# ---------------------------------------------------------------------------------------
+# Same-set bias schedules (isolation per layer and head, partial isolation)
+# ---------------------------------------------------------------------------------------
+
+
+def _divergence(row: torch.Tensor, value: float) -> int:
+    """First layer at which schedule `row` [layers, heads] is not all `value`."""
+    differs = (row != value).any(-1).nonzero()
+    return int(differs[0]) if differs.numel() else row.shape[0]
+
+
+def schedule_variants(bias: torch.Tensor, replays: Replays) -> list[Variant]:
+    """One variant per schedule row of `bias` `[rows, layers, heads]` (biases on
+    same-set scores), each starting at the layer where it leaves the isolated or the
+    visible schedule, whichever it follows longer."""
+    out = []
+    same = replays.layout.same_set()
+    for row in bias:
+        d_iso, d_vis = _divergence(row, -math.inf), _divergence(row, 0.0)
+        start = min(max(d_iso, d_vis), bias.shape[1] - 1)
+        out.append(Variant(hidden=same, bias=row, start_layer=start, start_isolated=d_iso >= d_vis))
+    return out
+
+
+def schedule_sweep(
+    model: Model,
+    source: Source | Sequence[Source],
+    bias: torch.Tensor,
+    *,
+    batch_size: int = 16,
+    replays: Sequence[Replays] | None = None,
+) -> list[torch.Tensor]:
+    """Per source `[rows, 4]` `Distances` of every same-set bias schedule row."""
+    variants = partial(schedule_variants, bias)
+    return ablate(model, source, variants, batch_size=batch_size, replays=replays)
+
+
+# ---------------------------------------------------------------------------------------
+# Restored fraction: the one definition
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Restored:
+    """Restored fraction r = 1 − KL(source ‖ variant) / KL(source ‖ target).
+
+    `per_prompt` `[prompts, *shape]` (NaN where the prompt's baseline KL is 0: its
+    modes do not differ); `pooled` `[*shape]` = 1 − mean KL_variant / mean KL_base over
+    prompts. `summary()` gives both with the distribution over prompts."""
+
+    per_prompt: torch.Tensor
+    pooled: torch.Tensor
+
+    def summary(self) -> dict[str, Any]:
+        """Lists over the trailing shape (a number when it is scalar): median, q25, q75,
+        share_negative (of the prompts that are not NaN), n_nan, n_prompts, pooled."""
+        r = self.per_prompt.double()
+        valid = ~r.isnan()
+        n_valid = valid.sum(0)
+        q = (
+            torch.nanquantile(r, torch.tensor([0.25, 0.5, 0.75], dtype=r.dtype), dim=0)
+            if r.shape[0]
+            else torch.full((3, *r.shape[1:]), math.nan, dtype=r.dtype)
+        )
+        share = torch.where(n_valid > 0, ((r < 0) & valid).sum(0) / n_valid.clamp(min=1), math.nan)
+        return {
+            "median": jsonable(q[1]),
+            "q25": jsonable(q[0]),
+            "q75": jsonable(q[2]),
+            "share_negative": jsonable(share),
+            "n_nan": jsonable((~valid).sum(0)),
+            "n_prompts": int(r.shape[0]),
+            "pooled": jsonable(self.pooled),
+        }
+
+
+def restored_fraction(
+    kl_variant: Float[torch.Tensor, "prompts ..."], kl_base: Float[torch.Tensor, " prompts"]
+) -> Restored:
+    """The restored fraction (module docstring) of variant KLs `[prompts, *shape]`
+    against each prompt's baseline KL `[prompts]` (both KL(source ‖ ·))."""
+    kl_variant, kl_base = kl_variant.double(), kl_base.double()
+    base = kl_base.reshape(-1, *([1] * (kl_variant.ndim - 1)))
+    per = torch.where(base > 0, 1.0 - kl_variant / base.clamp(min=1e-300), math.nan)
+    mean_base = kl_base.mean() if kl_base.numel() else torch.tensor(math.nan)
+    pooled = torch.where(
+        mean_base > 0, 1.0 - kl_variant.mean(0) / mean_base.clamp(min=1e-300), math.nan
+    )
+    return Restored(per, pooled)
+
+
+def jsonable(x: Any) -> Any:
+    """Tensors and floats as JSON-able numbers (6 decimals; NaN and inf as None)."""
+    if isinstance(x, torch.Tensor):
+        x = x.tolist()
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, bool) or x is None or isinstance(x, int | str):
+        return x
+    return round(float(x), 6) if math.isfinite(x) else None
+
+
+# ---------------------------------------------------------------------------------------
+# What every ablation kind shares: its runs
+# ---------------------------------------------------------------------------------------
+
+GENERATE_ROWS = 16  # prompts per batched generation of a kind's runs
+
+
+def section_texts(section: dict[str, Any]) -> list[str]:
+    """The prompt texts of a resolved config section."""
+    return [p["text"] if isinstance(p, dict) else str(p) for p in section.get("prompts") or []]
+
+
+def ablation_kind(
+    name: str, keys: type[K], study: Callable[[Model, list[TempoRun], K, Path], dict[str, Any]]
+) -> Kind:
+    """The experiment kind of an ablation family: it generates the section's prompts
+    isolated at its one threshold and next_from (`section_runs`; `modes` is not read),
+    reads the family's typed `keys`, and returns `study(model, runs, keys, out_dir)`."""
+
+    def run(model: Model, section: dict[str, Any], out_dir: Path, progress: bool) -> dict:
+        values = keys(**{k: section[k] for k in keys.model_fields})
+        return study(model, section_runs(model, section), values, out_dir)
+
+    run.__doc__ = study.__doc__
+    return Kind(name, run, keys, unused=("modes",), single=("thresholds", "next_from"))
+
+
+def section_runs(model: Model, section: dict[str, Any], *, threshold: Any = None) -> list[TempoRun]:
+    """The section's prompts generated isolated (its one threshold and next_from, or the
+    given `threshold`, e.g. a schedule), in batched generations of `GENERATE_ROWS`."""
+    texts = section_texts(section)
+    one = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731
+    settings = dict(
+        threshold=one(section["thresholds"]) if threshold is None else threshold,
+        max_steps=section["max_steps"],
+        isolate=True,
+        next_from=one(section["next_from"]),
+        max_parallel=section.get("max_parallel"),
+        eos_token_id=-1 if section.get("stop_at_eos", True) else None,
+        progress=False,
+    )
+    runs: list[TempoRun] = []
+    for i in range(0, len(texts), GENERATE_ROWS):
+        runs += generate(model, texts[i : i + GENERATE_ROWS], **settings)
+    return runs
