@@ -34,7 +34,7 @@ def pattern_name(layer: int) -> str:
     return f"blocks.{layer}.attn.{PATTERN}"
 
 
-def _show(token: str) -> str:
+def show_token(token: str) -> str:
     """A token as a short visible label: inner text kept, whitespace-only tokens drawn."""
     body = token.strip()
     if body:
@@ -53,7 +53,7 @@ def token_labels(run: TempoRun) -> list[str]:
     logical position (`@7`); a single-member set reads `The @7`, and `The @7 †` when it is
     the top-1 fallback (no token passed the threshold). Members that still read
     the same (different ids that decode alike) get their token id appended."""
-    labels = [_show(s) for s in run.token_strs]
+    labels = [show_token(s) for s in run.token_strs]
     fallback = set(fallback_steps(run))
     for i in range(len(run.steps)):
         sl = run.layout.set_slice(i)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from html import escape
 
 from tempo_lens.run import TempoRun
-from tempo_lens.viz.attention import _show
+from tempo_lens.viz.attention import show_token
 
 COL_W = 112  # column pitch
 NODE_W = 84
@@ -108,7 +108,7 @@ def set_graph(run: TempoRun) -> SetGraph:
         for j, ((y, h), tok, p, s) in enumerate(
             zip(col, ps.tokens, ps.probs, strs_per_step[i], strict=True)
         ):
-            label = _show(s)
+            label = show_token(s)
             parts.append(
                 f'<g class="member" data-step="{i}" data-rank="{j}" data-token-id="{tok}" '
                 f'data-prob="{p:.6f}">'
