@@ -252,6 +252,27 @@ def test_report_keeps_under_budget(llama, tmp_path):
 # -- report -----------------------------------------------------------------------------------
 
 
+def test_bracket_html_strikes_pruned_members_and_escapes_tokens(run):
+    from tempo_lens import PrunedMember
+    from tempo_lens.viz.brackets import bracket_html
+
+    i = next(i for i, s in enumerate(run.steps) if len(s) == 2)
+    sl = run.layout.set_slice(i)
+    strs = list(run.token_strs)
+    strs[sl.start], strs[sl.start + 1] = " <b>", " &x"
+    cut = PrunedMember(step=i + 1, set_step=i, member=1, token=run.steps[i].tokens[1], score=0.0123)
+    pruned = dataclasses.replace(run, token_strs=strs, pruned=[cut])
+    html = bracket_html(pruned)
+    p0, p1 = run.steps[i].probs
+    assert (
+        f' <span class="set">[<span title="p={p0:.3f}">&lt;b&gt;</span>/<s class="pruned" '
+        f'title="p={p1:.3f}; pruned after step {i + 1} (attention 0.0123)">&amp;x</s>]</span>'
+    ) in html
+    assert html.count("<s ") == 1 and "<b>" not in html
+    assert html.startswith('<pre class="bracket"><span class="prompt">hello wor</span>')
+    assert bracket_html(run).count('class="set"') == sum(len(s) > 1 for s in run.steps)
+
+
 def test_run_report_is_self_contained(run, run_dir, llama):
     html = build_report(run_dir, model=llama)
     assert html.count("var CircuitsVis=") == 1  # the bundle, inlined once
