@@ -279,6 +279,12 @@ def test_run_report_is_self_contained(run, run_dir, llama):
     assert "unpkg.com" not in html and "sourceMappingURL" not in html
     # the first </script> closes the whole bundle: nothing inside it ends the element early
     assert html.split("<script>", 1)[1].split("</script>", 1)[0] == circuitsvis_bundle()
+    # the report's own CSS and script (package data) are inlined, not linked
+    from tempo_lens.viz.templating import static_text
+
+    assert f"<style>{static_text('report.css')}</style>" in html
+    assert f"<script>{static_text('report.js')}</script></body></html>" in html
+    assert "<link" not in html and 'src="http' not in html
     data = report_data(html)["views"]
     tokens, att = data["v0"], data["v1"]
     assert tokens["kind"] == "tokens" and tokens["tokens"] == token_labels(run)
