@@ -207,7 +207,7 @@ def test_set_graph_structure(run):
 
 
 def test_set_graph_links_follow_next_from(run):
-    last = dataclasses.replace(run, config=run.config | {"next_from": "last"})
+    last = dataclasses.replace(run, config=dataclasses.replace(run.config, next_from="last"))
     links = ET.fromstring(set_graph(last).svg).findall(f".//{SVG}path[@class='link']")
     sizes = [len(s) for s in run.steps]
     assert len(links) == sum(sizes[1:])
@@ -304,7 +304,8 @@ def test_experiment_report(run, llama, tmp_path):
     root = tmp_path / "exp"
     root.mkdir()
     run.save(root / "runs" / "iso")
-    dataclasses.replace(run, config=run.config | {"isolate": False}).save(root / "runs" / "vis")
+    visible = dataclasses.replace(run.config, isolate=False)
+    dataclasses.replace(run, config=visible).save(root / "runs" / "vis")
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.plot([0, 1], [1, 0])
     fig.savefig(root / "kl.png")

@@ -9,8 +9,12 @@ links are `<path class="link" data-from="i:j" data-to="i+1:k">`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import torch
+
+from tempo_lens.generate import next_distribution
 from tempo_lens.run import TempoRun
 from tempo_lens.viz.attention import show_token
 from tempo_lens.viz.templating import render
@@ -49,15 +53,11 @@ def _clip(text: str) -> str:
 
 def feeding_weights(run: TempoRun, step: int) -> list[float]:
     """How much each member of `step` feeds the next distribution (DESIGN's `next_from`):
-    mixture weights p_j / sum p, or all weight on the last / the first member."""
-    probs = run.steps[step].probs
-    mode = run.config.get("next_from", "mixture")
-    if mode == "last":
-        return [0.0] * (len(probs) - 1) + [1.0]
-    if mode == "first":
-        return [1.0] + [0.0] * (len(probs) - 1)
-    total = sum(probs)
-    return [p / total for p in probs]
+    generation's own mixture (`generate.next_distribution`) over rows in which member j
+    predicts "j" with certainty, so its output is the members' weights."""
+    k = len(run.steps[step])
+    rows = torch.full((k, k), -math.inf).fill_diagonal_(0.0)
+    return next_distribution(rows, run.steps[step].probs, run.config.next_from).tolist()
 
 
 @dataclass(frozen=True)

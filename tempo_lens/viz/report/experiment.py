@@ -168,9 +168,8 @@ def experiment_report(
         except TempoError as err:
             report.note(f"run {rel} not loaded: {err}")
             continue
-        cfg = run.config
-        text = run.text()[:80]
-        rows.append((i, rel, run.stats(), cfg.get("threshold"), cfg.get("isolate"), text))
+        cfg, text = run.config, run.text()[:80]
+        rows.append((i, rel, run.stats(), cfg.threshold, cfg.mode, text))
         body = run_sections(report, run, opts, attention=i < attention_runs, level=3)
         blocks.append(sections.run_block(i, rel, (run.prompt or "")[:60], body))
     if rows:

@@ -113,10 +113,10 @@ def _facts(run: TempoRun) -> dict[str, Any]:
     cfg = run.config
     facts = {
         "model": run.model_name,
-        "threshold": cfg.get("threshold"),
-        "mode": "isolated" if cfg.get("isolate", True) is True else f"isolate={cfg.get('isolate')}",
-        "next_from": cfg.get("next_from"),
-        "max_parallel": cfg.get("max_parallel"),
+        "threshold": cfg.threshold,
+        "mode": cfg.mode,
+        "next_from": cfg.next_from,
+        "max_parallel": cfg.max_parallel,
     } | run.stats()
     fallback = fallback_steps(run)
     if fallback:
@@ -136,7 +136,7 @@ def _provenance(run: TempoRun) -> dict[str, Any] | None:
         "weight hash": p.weight_hash,
         "weight processing": ", ".join(k for k, v in p.weight_processing.items() if v) or "none",
         "versions": ", ".join(f"{k} {v}" for k, v in p.versions.items()),
-        "generation config": run.config,
+        "generation config": run.config.to_dict(),
     }
 
 
@@ -162,7 +162,7 @@ def run_sections(
         bracket=bracket_html(run),
         facts=_facts(run),
         provenance=_provenance(run),
-        next_from=run.config.get("next_from", "mixture"),
+        next_from=run.config.next_from,
         graph=Markup(set_graph(run).svg),
         tokens_view=report.add_view(tokens),
     )
@@ -226,8 +226,7 @@ def attention_section(
         view=report.add_view(attention_view_data(run, patterns, plan.heads)),
         source="captured during generation"
         if model is None
-        else f"replayed in one forward on {model.cfg.model_name} "
-        f"(isolate={run.config.get('isolate', True)})",
+        else f"replayed in one forward on {model.cfg.model_name} ({run.config.mode})",
         layers=plan.layers,
         n_layers=n_layers,
         plan_note=plan.note,
