@@ -207,7 +207,7 @@ def test_set_graph_structure(run):
 
 
 def test_set_graph_links_follow_next_from(run):
-    last = dataclasses.replace(run, config=run.config | {"next_from": "last"})
+    last = dataclasses.replace(run, config=dataclasses.replace(run.config, next_from="last"))
     links = ET.fromstring(set_graph(last).svg).findall(f".//{SVG}path[@class='link']")
     sizes = [len(s) for s in run.steps]
     assert len(links) == sum(sizes[1:])
@@ -252,12 +252,39 @@ def test_report_keeps_under_budget(llama, tmp_path):
 # -- report -----------------------------------------------------------------------------------
 
 
+def test_bracket_html_strikes_pruned_members_and_escapes_tokens(run):
+    from tempo_lens import PrunedMember
+    from tempo_lens.viz.brackets import bracket_html
+
+    i = next(i for i, s in enumerate(run.steps) if len(s) == 2)
+    sl = run.layout.set_slice(i)
+    strs = list(run.token_strs)
+    strs[sl.start], strs[sl.start + 1] = " <b>", " &x"
+    cut = PrunedMember(step=i + 1, set_step=i, member=1, token=run.steps[i].tokens[1], score=0.0123)
+    pruned = dataclasses.replace(run, token_strs=strs, pruned=[cut])
+    html = bracket_html(pruned)
+    p0, p1 = run.steps[i].probs
+    assert (
+        f' <span class="set">[<span title="p={p0:.3f}">&lt;b&gt;</span>/<s class="pruned" '
+        f'title="p={p1:.3f}; pruned after step {i + 1} (attention 0.0123)">&amp;x</s>]</span>'
+    ) in html
+    assert html.count("<s ") == 1 and "<b>" not in html
+    assert html.startswith('<pre class="bracket"><span class="prompt">hello wor</span>')
+    assert bracket_html(run).count('class="set"') == sum(len(s) > 1 for s in run.steps)
+
+
 def test_run_report_is_self_contained(run, run_dir, llama):
     html = build_report(run_dir, model=llama)
     assert html.count("var CircuitsVis=") == 1  # the bundle, inlined once
     assert "unpkg.com" not in html and "sourceMappingURL" not in html
     # the first </script> closes the whole bundle: nothing inside it ends the element early
     assert html.split("<script>", 1)[1].split("</script>", 1)[0] == circuitsvis_bundle()
+    # the report's own CSS and script (package data) are inlined, not linked
+    from tempo_lens.viz.templating import static_text
+
+    assert f"<style>{static_text('report.css')}</style>" in html
+    assert f"<script>{static_text('report.js')}</script></body></html>" in html
+    assert "<link" not in html and 'src="http' not in html
     data = report_data(html)["views"]
     tokens, att = data["v0"], data["v1"]
     assert tokens["kind"] == "tokens" and tokens["tokens"] == token_labels(run)
@@ -277,7 +304,8 @@ def test_experiment_report(run, llama, tmp_path):
     root = tmp_path / "exp"
     root.mkdir()
     run.save(root / "runs" / "iso")
-    dataclasses.replace(run, config=run.config | {"isolate": False}).save(root / "runs" / "vis")
+    visible = dataclasses.replace(run.config, isolate=False)
+    dataclasses.replace(run, config=visible).save(root / "runs" / "vis")
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.plot([0, 1], [1, 0])
     fig.savefig(root / "kl.png")

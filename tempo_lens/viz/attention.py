@@ -34,7 +34,7 @@ def pattern_name(layer: int) -> str:
     return f"blocks.{layer}.attn.{PATTERN}"
 
 
-def _show(token: str) -> str:
+def show_token(token: str) -> str:
     """A token as a short visible label: inner text kept, whitespace-only tokens drawn."""
     body = token.strip()
     if body:
@@ -53,7 +53,7 @@ def token_labels(run: TempoRun) -> list[str]:
     logical position (`@7`); a single-member set reads `The @7`, and `The @7 †` when it is
     the top-1 fallback (no token passed the threshold). Members that still read
     the same (different ids that decode alike) get their token id appended."""
-    labels = [_show(s) for s in run.token_strs]
+    labels = [show_token(s) for s in run.token_strs]
     fallback = set(fallback_steps(run))
     for i in range(len(run.steps)):
         sl = run.layout.set_slice(i)
@@ -86,15 +86,14 @@ def replay_caveat(run: TempoRun) -> str:
 def masked_cells(run: TempoRun) -> torch.Tensor:
     """`[n, n]` True where the run's mask hid a key from a query that causality allows
     (isolated siblings): drawn apart from attention that is merely zero."""
-    isolate = run.config.get("isolate", True)
-    if not isinstance(isolate, bool) or not isolate:
+    if not run.config.isolate:
         return torch.zeros(len(run.layout), len(run.layout), dtype=torch.bool)
     return run.layout.same_set().tril()
 
 
 def fallback_steps(run: TempoRun) -> list[int]:
     """Steps whose set is the top-1 fallback: no token passed the (numeric) threshold."""
-    threshold = run.config.get("threshold")
+    threshold = run.config.threshold
     if not isinstance(threshold, int | float):
         return []
     return [i for i, ps in enumerate(run.steps) if len(ps) == 1 and ps.probs[0] < float(threshold)]
@@ -171,13 +170,9 @@ def replay_patterns(
             f"{replay_caveat(run)}; capture hook_pattern during generation for the real one",
             stacklevel=3,
         )
-    isolate = run.config.get("isolate", True)
-    if not isinstance(isolate, bool):
-        raise TempoError(
-            f"the run's isolate setting {isolate!r} is not a plain on/off; capture "
-            "hook_pattern during generation to view its attention"
-        )
-    _, cache = forward(model, run.layout, isolate=isolate, cache=[pattern_name(x) for x in layers])
+    _, cache = forward(
+        model, run.layout, isolate=run.config.isolate, cache=[pattern_name(x) for x in layers]
+    )
     assert cache is not None
     return {layer: cache[pattern_name(layer)][0].float().cpu() for layer in layers}
 

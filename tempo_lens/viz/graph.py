@@ -1,7 +1,7 @@
 """The parallel-set graph: steps left to right, each step's members stacked with their
 probabilities, and links showing which members fed the next step's distribution.
 
-Plain SVG written here (no JavaScript), so it shows the same in a notebook, a report
+Plain SVG (templates/set_graph.svg.j2, no JavaScript), so it shows the same in a notebook, a report
 and a browser with scripts off. Structure, for tools and tests: one
 `<g class="step" data-step=i>` per step holding one `<g class="member">` per member;
 links are `<path class="link" data-from="i:j" data-to="i+1:k">`.
@@ -9,11 +9,15 @@ links are `<path class="link" data-from="i:j" data-to="i+1:k">`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from html import escape
 
+import torch
+
+from tempo_lens.generate import next_distribution
 from tempo_lens.run import TempoRun
-from tempo_lens.viz.attention import _show
+from tempo_lens.viz.attention import show_token
+from tempo_lens.viz.templating import render
 
 COL_W = 112  # column pitch
 NODE_W = 84
@@ -49,76 +53,78 @@ def _clip(text: str) -> str:
 
 def feeding_weights(run: TempoRun, step: int) -> list[float]:
     """How much each member of `step` feeds the next distribution (DESIGN's `next_from`):
-    mixture weights p_j / sum p, or all weight on the last / the first member."""
-    probs = run.steps[step].probs
-    mode = run.config.get("next_from", "mixture")
-    if mode == "last":
-        return [0.0] * (len(probs) - 1) + [1.0]
-    if mode == "first":
-        return [1.0] + [0.0] * (len(probs) - 1)
-    total = sum(probs)
-    return [p / total for p in probs]
+    generation's own mixture (`generate.next_distribution`) over rows in which member j
+    predicts "j" with certainty, so its output is the members' weights."""
+    k = len(run.steps[step])
+    rows = torch.full((k, k), -math.inf).fill_diagonal_(0.0)
+    return next_distribution(rows, run.steps[step].probs, run.config.next_from).tolist()
+
+
+@dataclass(frozen=True)
+class Box:
+    """One member's box: its top `y` and height `h`."""
+
+    y: float
+    h: float
 
 
 def set_graph(run: TempoRun) -> SetGraph:
-    """The run as a parallel-set graph (see the module docstring for its structure)."""
-    columns: list[list[tuple[float, float]]] = []  # per step: (y, height) per member
+    """The run as a parallel-set graph (see the module docstring for its structure;
+    drawn by templates/set_graph.svg.j2)."""
+    columns: list[list[Box]] = []  # per step: one box per member
     for ps in run.steps:
         y = float(TOP)
         col = []
         for p in ps.probs:
-            h = max(MIN_H, p * FULL_H)
-            col.append((y, h))
-            y += h + GAP
+            col.append(Box(y, max(MIN_H, p * FULL_H)))
+            y += col[-1].h + GAP
         columns.append(col)
-    height = int(max((c[-1][0] + c[-1][1] for c in columns), default=TOP) + 20)
-    width = LEFT * 2 + max(len(columns), 1) * COL_W
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="tempo-set-graph" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" '
-        'font-size="11">',
-        f"<title>{escape(run.text())}</title>",
-        '<g class="links" fill="none" stroke="#264653">',
-    ]
+    links = []
     for i in range(len(columns) - 1):
-        weights = feeding_weights(run, i)
         x0 = LEFT + i * COL_W + NODE_W
         x1 = LEFT + (i + 1) * COL_W
-        for j, ((y0, h0), w) in enumerate(zip(columns[i], weights, strict=True)):
+        mid = (x0 + x1) / 2
+        for j, (src, w) in enumerate(zip(columns[i], feeding_weights(run, i), strict=True)):
             if w <= 0:
                 continue
-            for k, (y1, h1) in enumerate(columns[i + 1]):
-                a, b = y0 + h0 / 2, y1 + h1 / 2
-                mid = (x0 + x1) / 2
-                parts.append(
-                    f'<path class="link" data-from="{i}:{j}" data-to="{i + 1}:{k}" '
-                    f'd="M{x0},{a:.1f} C{mid},{a:.1f} {mid},{b:.1f} {x1},{b:.1f}" '
-                    f'stroke-width="{0.5 + 4 * w:.2f}" stroke-opacity="{0.15 + 0.5 * w:.2f}"/>'
+            for k, dst in enumerate(columns[i + 1]):
+                a, b = src.y + src.h / 2, dst.y + dst.h / 2
+                path = f"M{x0},{a:.1f} C{mid},{a:.1f} {mid},{b:.1f} {x1},{b:.1f}"
+                links.append(
+                    {"source": f"{i}:{j}", "target": f"{i + 1}:{k}", "path": path, "weight": w}
                 )
-    parts.append("</g>")
-    strs_per_step = [run.step_strs(i) for i in range(len(run.steps))]
+    steps = []
     for i, (ps, col) in enumerate(zip(run.steps, columns, strict=True)):
-        x = LEFT + i * COL_W
-        parts.append(f'<g class="step" data-step="{i}" data-position="{ps.position}">')
-        parts.append(
-            f'<text class="step-label" x="{x}" y="{TOP - 22}" fill="#333">step {i}</text>'
-            f'<text x="{x}" y="{TOP - 9}" fill="#777">pos {ps.position}</text>'
-        )
+        members = [
+            {
+                "token": tok,
+                "p": p,
+                "y": box.y,
+                "h": box.h,
+                "title": repr(s),
+                "label": _clip(show_token(s)),
+            }
+            for box, tok, p, s in zip(col, ps.tokens, ps.probs, run.step_strs(i), strict=True)
+        ]
         color = MULTI if len(ps) > 1 else SINGLE
-        for j, ((y, h), tok, p, s) in enumerate(
-            zip(col, ps.tokens, ps.probs, strs_per_step[i], strict=True)
-        ):
-            label = _show(s)
-            parts.append(
-                f'<g class="member" data-step="{i}" data-rank="{j}" data-token-id="{tok}" '
-                f'data-prob="{p:.6f}">'
-                f"<title>{escape(repr(s))} p={p:.4f} (id {tok}, position {ps.position})</title>"
-                f'<rect x="{x}" y="{y:.1f}" width="{NODE_W}" height="{h:.1f}" rx="3" '
-                f'fill="{color}" fill-opacity="{0.35 + 0.65 * min(p * 2, 1):.2f}"/>'
-                f'<text x="{x + 4}" y="{y + 12:.1f}" fill="#000">{escape(_clip(label))}</text>'
-                f'<text x="{x + NODE_W - 3}" y="{y + 12:.1f}" text-anchor="end" '
-                f'fill="#000">{p:.2f}</text></g>'
-            )
-        parts.append("</g>")
-    parts.append("</svg>")
-    return SetGraph("".join(parts))
+        steps.append(
+            {
+                "index": i,
+                "position": ps.position,
+                "x": LEFT + i * COL_W,
+                "color": color,
+                "members": members,
+            }
+        )
+    height = int(max((c[-1].y + c[-1].h for c in columns), default=TOP) + 20)
+    svg = render(
+        "set_graph.svg.j2",
+        width=LEFT * 2 + max(len(columns), 1) * COL_W,
+        height=height,
+        title=run.text(),
+        links=links,
+        steps=steps,
+        top=TOP,
+        node_w=NODE_W,
+    )
+    return SetGraph(str(svg))

@@ -9,33 +9,52 @@ installed wheel), so views work offline; circuitsvis does all the drawing.
 
 from __future__ import annotations
 
-import html
-import json
+import functools
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from markupsafe import Markup
+
+from tempo_lens.errors import TempoError
+from tempo_lens.storage import write_file_atomic
+from tempo_lens.viz.templating import render
 
 
 @dataclass
-class _Session:
-    bundle_sent: bool = False
+class BundleState:
+    sent: bool = False
 
 
-SESSION = _Session()
+SESSION = BundleState()
 
 
 def reset_bundle() -> None:
     """Send the bundle again with the next view (e.g. after clearing the cell that held it)."""
-    SESSION.bundle_sent = False
+    SESSION.sent = False
 
 
-def _plain(value: Any) -> Any:
+@functools.cache
+def circuitsvis_bundle() -> Markup:
+    """circuitsvis's browser bundle from the installed wheel, safe inside `<script>`."""
+    import circuitsvis
+
+    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    if not path.is_file():
+        raise TempoError(f"circuitsvis's bundle {path} is missing; reinstall circuitsvis")
+    js = path.read_text(encoding="utf-8")
+    js = "\n".join(line for line in js.splitlines() if not line.startswith("//# sourceMappingURL"))
+    return Markup(js.replace("</script", "<\\/script"))  # same string inside JS, inert for HTML
+
+
+def plain(value: Any) -> Any:
+    """Tensors (also inside lists and tuples) as nested lists, ready for JSON."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().tolist()
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -46,30 +65,19 @@ class CircuitsVisView:
     component: str
     props: dict[str, Any]
 
-    def _mount(self) -> str:
-        div = "tl-cv-" + uuid.uuid4().hex[:12]
-        props = json.dumps({k: _plain(v) for k, v in self.props.items()}).replace("</", "<\\/")
-        # wait for the CircuitsVis global (the bundle may be in an earlier output)
-        script = (
-            "(function draw(n){if(window.CircuitsVis){CircuitsVis.render("
-            f"{json.dumps(div)},CircuitsVis.{self.component},{props});}}"
-            "else if(n<200){setTimeout(function(){draw(n+1)},50);}"
-            f"else{{document.getElementById({json.dumps(div)}).textContent="
-            "'circuitsvis bundle not loaded: run tempo_lens.viz.notebook.reset_bundle() "
-            "and display the view again';}})(0);"
-        )
-        return f'<div id="{div}" style="margin:15px 0"></div><script>{script}</script>'
-
-    def html(self, include_bundle: bool = True) -> str:
+    def html(self, include_bundle: bool = True) -> Markup:
         """The view as HTML; with the bundle it stands alone (a file, a page)."""
-        from tempo_lens.viz.report import circuitsvis_bundle
-
-        bundle = f"<script>{circuitsvis_bundle()}</script>" if include_bundle else ""
-        return bundle + self._mount()
+        return render(
+            "view.html.j2",
+            bundle=circuitsvis_bundle() if include_bundle else None,
+            div="tl-cv-" + uuid.uuid4().hex[:12],
+            component=self.component,
+            props={k: plain(v) for k, v in self.props.items()},
+        )
 
     def _repr_html_(self) -> str:
-        first = not SESSION.bundle_sent
-        SESSION.bundle_sent = True
+        first = not SESSION.sent
+        SESSION.sent = True
         return self.html(include_bundle=first)
 
     def __html__(self) -> str:
@@ -78,10 +86,8 @@ class CircuitsVisView:
     def __repr__(self) -> str:
         return f"CircuitsVisView({self.component}, props={sorted(self.props)})"
 
-    def save(self, path: str) -> Any:
-        """Write a standalone HTML file of the view (bundle included), atomically."""
-        from tempo_lens.viz.report import write_report
-
-        title = html.escape(self.component)
-        page = f"<!doctype html><meta charset='utf-8'><title>{title}</title>{self.html()}"
-        return write_report(page, path)
+    def save(self, path: str) -> Path:
+        """Write a standalone HTML file of the view (bundle included), atomically; an
+        existing file there is replaced only when tempo_lens wrote it."""
+        page = render("view_page.html.j2", title=self.component, view=self.html())
+        return write_file_atomic(path, page, kind="report")
