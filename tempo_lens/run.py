@@ -127,7 +127,7 @@ class TempoRun:
         """Jupyter: the bracket text and a few facts (the full report: `tempo-lens report`)."""
         import html
 
-        from tempo_lens.viz.report import bracket_html
+        from tempo_lens.viz.brackets import bracket_html
 
         s = self.stats()
         facts = (
