@@ -41,7 +41,10 @@ def test_sequential_positions_equal_a_plain_forward(case):
         model, run, lambda lay: {"same": lay, "seq": ab.sequential_layout(lay)}
     )
     same, seq = res.values[0]
-    assert same.tolist() == [0.0, 0.0, 1.0] and seq[0] > 0
+    assert same[:3].tolist() == [0.0, 0.0, 1.0] and seq[0] > 0
+    n_targets, agree, ppl_variant, ppl_reference = same[3:].tolist()
+    assert n_targets == len(run.steps) - 1 and agree == n_targets
+    assert ppl_variant == ppl_reference
 
 
 def test_gap_matches_hf_position_ids(llama_case):
@@ -73,3 +76,26 @@ def test_result_structures(llama_case):
     assert isinstance(res.plot(), Figure)
     df = res.to_pandas()
     assert isinstance(df, pd.DataFrame) and len(df) == 2 * 4
+
+
+def test_packed_gaps_plateau_and_coherence_summary(case):
+    """The seeds' condition (no explicit mask: packed sequences) makes every gap >= 1 the
+    same replay — the continuation cannot see the prompt, and rotary attention depends
+    only on position differences — while with the mask kept the effect changes with the
+    gap; every variant's coherence has an exact interval and a perplexity ratio."""
+    model, run = case
+    if model.cfg.positional_embedding_type != "rotary":
+        pytest.skip("the plateau is a property of relative (rotary) positions")
+    variants = lambda lay: {  # noqa: E731
+        **{f"gap {g}": ab.gap_layout(lay, g) for g in (5, 1000)},
+        **{f"packed gap {g}": ab.gap_layout(lay, g) for g in (5, 1000)},
+    }
+    res = ab.position_ablation(model, run, variants)
+    v = res.summary()["variants"]
+    assert v["packed gap 5"]["kl_members"] == pytest.approx(
+        v["packed gap 1000"]["kl_members"], abs=1e-4
+    )
+    assert v["gap 5"]["kl_members"] != pytest.approx(v["gap 1000"]["kl_members"], abs=1e-4)
+    c = res.summary()["coherence"]["packed gap 5"]
+    lo, hi = c["agreement"]["ci95"]
+    assert 0 <= lo <= c["agreement"]["share"] <= hi <= 1 and c["ppl_ratio"]["n"] == 1

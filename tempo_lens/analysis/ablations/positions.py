@@ -4,7 +4,15 @@ positions; every generated token `gap` positions further from the prompt.
 
 The original TEMPO's position-gap results came from a missing mask; here every variant
 keeps the layout's causal + isolation mask, so only positions change. Each variant is
-compared with the replay at the original positions (same mode).
+compared with the replay at the original positions (same mode). The seeds' own condition
+is available beside it (`packed gap g`): Hugging Face without an explicit mask treats every
+position jump as the start of a new packed sequence (`tempo_lens.analysis.packed`), so the
+continuation no longer sees the prompt.
+
+Besides the KLs, every variant gets a measured coherence of the forced continuation (the
+run's top member of each next set): next-token agreement (the variant's argmax equals the
+reference's) and the log-perplexity of that continuation under variant and reference
+(`tempo_lens.analysis.coherence`).
 """
 
 from __future__ import annotations
@@ -17,12 +25,15 @@ from typing import Any
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from tempo_lens.analysis.ablations import driver
 from tempo_lens.analysis.ablations.plots import line_figure
+from tempo_lens.analysis.coherence import argmax_agreement, log_perplexity
 from tempo_lens.analysis.experiments.kind import KindKeys, NonNegative
 from tempo_lens.analysis.metrics import kl
+from tempo_lens.analysis.packed import packed_hidden
+from tempo_lens.analysis.stats import binomial_ci, log_ratio_test
 from tempo_lens.backend import Model
 from tempo_lens.errors import TempoError
 from tempo_lens.hooks import fractional_positions
@@ -30,6 +41,8 @@ from tempo_lens.layout import Layout
 from tempo_lens.run import TempoRun
 
 FIELDS = ("kl_members", "kl_next", "top1_agree")
+# per prompt, for the coherence of the forced continuation
+COHERENCE = ("n_targets", "agree", "log_ppl_variant", "log_ppl_reference")
 
 
 def offset_layout(layout: Layout, delta: float) -> Layout:
@@ -81,17 +94,37 @@ def standard_variants(
 
 
 def position_metric(isolate: bool) -> Callable[[driver.Replays, torch.Tensor], torch.Tensor]:
-    """`[3]`: mean KL(original ‖ variant) over member rows and next-set distributions,
-    and the share of member rows whose top-1 token is unchanged."""
+    """`[7]`: mean KL(original ‖ variant) over member rows and next-set distributions,
+    the share of member rows whose top-1 token is unchanged (`FIELDS`), then the forced
+    continuation's `COHERENCE` figures: the rows predicting the top member of each next
+    set, how many of them keep the reference's argmax, and the continuation's
+    log-perplexity under the variant and the reference."""
 
     def metric(ref: driver.Replays, logits: torch.Tensor) -> torch.Tensor:
         m, x = ref.rows(logits)
         rm, rx = ref.iso if isolate else ref.vis
+        zero = torch.zeros((), dtype=torch.float64)
         if not m.numel():
-            return torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+            return torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
         agree = (rm.argmax(-1) == m.argmax(-1)).double().mean()
-        nxt = kl(rx, x).mean() if x.numel() else torch.zeros((), dtype=torch.float64)
-        return torch.stack([kl(rm, m).mean(), nxt, agree])
+        nxt = kl(rx, x).mean() if x.numel() else zero
+        layout = ref.layout
+        targets = torch.tensor(
+            [int(layout.tokens[layout.set_slice(s).start]) for s in range(1, layout.n_steps)],
+            dtype=torch.long,
+        )
+        if targets.numel():
+            rows_v, rows_r = x[:-1], rx[:-1]
+            cont = [
+                float(targets.numel()),
+                float(argmax_agreement(rows_v, rows_r).sum()),
+                log_perplexity(rows_v, targets),
+                log_perplexity(rows_r, targets),
+            ]
+        else:
+            cont = [0.0, 0.0, 0.0, 0.0]
+        head = torch.stack([kl(rm, m).mean(), nxt, agree])
+        return torch.cat([head, torch.tensor(cont, dtype=torch.float64)])
 
     return metric
 
@@ -112,25 +145,52 @@ class PositionAblation:
                 v: {f: driver.jsonable(mean[j, i]) for i, f in enumerate(FIELDS)}
                 for j, v in enumerate(self.variants)
             },
+            "coherence": {v: self.coherence(j) for j, v in enumerate(self.variants)},
+        }
+
+    def coherence(self, j: int) -> dict[str, Any]:
+        """Variant `j`'s forced-continuation coherence over prompts: next-token agreement
+        pooled over all predicted positions (count/n, exact binomial CI; positions of one
+        prompt are not independent) and the perplexity ratio variant / reference per
+        prompt, tested on the log scale (geometric mean, bootstrap CI over prompts)."""
+        c = self.values[:, j, len(FIELDS) :]
+        used = c[:, 0] > 0
+        n, agree = int(c[used, 0].sum()), int(c[used, 1].sum())
+        ci = binomial_ci(agree, n)
+        ratio = log_ratio_test(torch.exp(c[used, 2] - c[used, 3]).tolist())
+        return {
+            "agreement": {
+                "count": agree,
+                "n": n,
+                "share": round(agree / n, 6) if n else None,
+                "ci95": list(ci) if ci else None,
+            },
+            "ppl_ratio": ratio.summary(),
+            "n_prompts": int(used.sum()),
         }
 
     def plot(self) -> Figure:
         table = self.summary()["variants"]
         gaps = [v for v in self.variants if v.startswith("gap ")]
+        curves = {"explicit mask kept": [table[v]["kl_members"] for v in gaps]}
+        if all(f"packed {v}" in table for v in gaps):
+            curves["no mask (packed sequences)"] = [
+                table[f"packed {v}"]["kl_members"] for v in gaps
+            ]
         return line_figure(
             [float(v.split()[1]) for v in gaps],
-            {"KL members": [table[v]["kl_members"] for v in gaps]},
+            curves,
             logx=True,
             xlabel="gap",
-            ylabel="mean KL to gap 0 (nats)",
-            title="Position gap between prompt and generation (explicit mask kept)",
+            ylabel="mean KL of member rows to gap 0 (nats)",
+            title="Position gap between prompt and generation",
         )
 
     def to_pandas(self) -> pd.DataFrame:
         return pd.DataFrame(
             [
                 {"prompt": p, "variant": v}
-                | dict(zip(FIELDS, self.values[i, j].tolist(), strict=True))
+                | dict(zip(FIELDS + COHERENCE, self.values[i, j].tolist(), strict=True))
                 for i, p in enumerate(self.prompts)
                 for j, v in enumerate(self.variants)
             ]
@@ -158,8 +218,14 @@ def position_ablation(
         if names and list(named) != names:
             raise TempoError("every source must get the same variant names")
         names[:] = list(named)
-        hidden = ref.layout.same_set() if isolate else None
-        return [driver.Variant(hidden=hidden, layout=v) for v in named.values()]
+        same = ref.layout.same_set() if isolate else None
+        out = []
+        for name, v in named.items():
+            hidden = same
+            if name.startswith("packed "):  # the seeds' condition: no explicit mask
+                hidden = packed_hidden(v) if same is None else same | packed_hidden(v)
+            out.append(driver.Variant(hidden=hidden, layout=v))
+        return out
 
     per = driver.ablate(model, sources, build, position_metric(isolate), batch_size=batch_size)
     prompts = [getattr(s, "prompt", None) or f"source {i}" for i, s in enumerate(sources)]
@@ -174,6 +240,8 @@ def position_ablation(
 class PositionAblationKeys(KindKeys):
     deltas: list[NonNegative] = Field(default=[0.25, 0.5, 1, 2], min_length=1)
     gaps: list[NonNegative] = Field(default=[1, 5, 20, 100, 1000], min_length=1)
+    # also run each gap under the seeds' condition (no explicit mask: packed sequences)
+    packed: StrictBool = True
 
 
 def study_position_ablation(
@@ -183,7 +251,10 @@ def study_position_ablation(
     fractional = fractional_positions(model)
 
     def variants(layout: Layout) -> dict[str, Layout]:
-        return standard_variants(layout, keys.deltas, keys.gaps, fractional)
+        named = standard_variants(layout, keys.deltas, keys.gaps, fractional)
+        if keys.packed:
+            named |= {f"packed gap {g:g}": gap_layout(layout, g) for g in keys.gaps}
+        return named
 
     result = position_ablation(model, runs, variants)
     result.plot().savefig(out_dir / "position_gaps.png", dpi=110)

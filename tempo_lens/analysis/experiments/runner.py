@@ -183,6 +183,7 @@ def _run_locked(
         "name": section["name"],
         "kind": section["kind"],
         "model": model.cfg.model_name,
+        "categories": sorted({p["category"] for p in section["prompts"]}),
         **summary,
     }
     timing = dict(summary.pop("timing", {}))
