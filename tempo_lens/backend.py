@@ -21,6 +21,7 @@ always builds the mask itself.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ else:
     Model = Any  # a HookedTransformer or a TransformerBridge
 
 BACKENDS = ("hooked", "bridge")
+Kwargs = dict[str, Any]  # keyword arguments of the model call
 
 
 def tl_major_version() -> int:
@@ -85,7 +87,47 @@ def _query_block(batch: LayoutBatch, n_query: int) -> tuple[torch.Tensor, int]:
     return batch.tokens[:, n - n_query :], n
 
 
-class HookedBackend:
+class Backend:
+    """What both backends share: one forward of a layout's newest block, the backend's
+    own keyword arguments (`model_kwargs`) and cache check around it."""
+
+    wrong_cache = "{}"  # the message for a cache of another type
+
+    cache_class = ("builtins", "object")  # (module, class) of the cache it runs on
+
+    def cached_keys(self, cache: Any) -> int:
+        raise NotImplementedError
+
+    def check_cache(self, cache: Any, n_cached: int) -> None:
+        """A cache this backend runs on, holding exactly the `n_cached` keys before the
+        query block (None: no cache)."""
+        if cache is None:
+            return
+        module, name = self.cache_class
+        if not isinstance(cache, getattr(importlib.import_module(module), name)):
+            raise TempoError(self.wrong_cache.format(type(cache).__name__))
+        have = self.cached_keys(cache)
+        if have != n_cached:
+            raise TempoError(
+                f"the KV cache holds {have} keys but the layout has {n_cached} before the "
+                "query block; run the decoder's own cache"
+            )
+
+    def model_kwargs(self, model: Model, batch: LayoutBatch, n_query: int, cache: Any) -> Kwargs:
+        raise NotImplementedError
+
+    def forward(
+        self, model: Model, batch: LayoutBatch, n_query: int, hooks: list, cache: Any
+    ) -> torch.Tensor:
+        """Logits `[batch, n_query, vocab]` of the last `n_query` tokens of every row."""
+        tokens, n = _query_block(batch, n_query)
+        self.check_cache(cache, n - n_query if cache is not None else 0)
+        kwargs = self.model_kwargs(model, batch, n_query, cache)
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            return model(tokens.to(model.cfg.device), **kwargs)
+
+
+class HookedBackend(Backend):
     """`HookedTransformer`: positions by hooks, TransformerLens's KV cache."""
 
     name = "hooked"
@@ -98,42 +140,22 @@ class HookedBackend:
 
         return TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size)
 
-    def check_cache(self, cache: Any, n_cached: int) -> None:
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    cache_class = ("transformer_lens.cache.key_value_cache", "TransformerLensKeyValueCache")
+    wrong_cache = (
+        "a HookedTransformer runs on a TransformerLensKeyValueCache, got {}; let tempo_lens "
+        "make the cache (Decoder)"
+    )
 
-        if cache is None:
-            return
-        if not isinstance(cache, TransformerLensKeyValueCache):
-            raise TempoError(
-                f"a HookedTransformer runs on a TransformerLensKeyValueCache, got "
-                f"{type(cache).__name__}; let tempo_lens make the cache (Decoder)"
-            )
-        have = cache.entries[0].past_keys.shape[1] if cache.entries else 0
-        if have != n_cached:
-            raise TempoError(
-                f"the KV cache holds {have} keys but the layout has {n_cached} before the "
-                "query block; run the decoder's own cache"
-            )
+    def cached_keys(self, cache: Any) -> int:
+        return cache.entries[0].past_keys.shape[1] if cache.entries else 0
 
-    def forward(
-        self,
-        model: Model,
-        batch: LayoutBatch,
-        n_query: int,
-        hooks: list,
-        cache: Any,
-    ) -> torch.Tensor:
-        """Logits `[batch, n_query, vocab]` of the last `n_query` tokens of every row."""
-        tokens, n = _query_block(batch, n_query)
-        self.check_cache(cache, n - n_query if cache is not None else 0)
-        tokens = tokens.to(model.cfg.device)
+    def model_kwargs(self, model: Model, batch: LayoutBatch, n_query: int, cache: Any) -> Kwargs:
         # An explicit all-ones mask: TL would otherwise infer padding from the pad token
         # id, which for many tokenizers is also a real generated token (EOS). Pads are
         # hidden keys (`hooks.batch_hidden`), so TL's own padding logic never runs and its
         # rotary and learned positions stay physical (the position hooks move them).
-        attention_mask = torch.ones_like(tokens)
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            return model(tokens, attention_mask=attention_mask, past_kv_cache=cache)
+        ones = torch.ones(batch.batch_size, n_query, dtype=torch.long, device=model.cfg.device)
+        return {"attention_mask": ones, "past_kv_cache": cache}
 
     def keep(self, cache: Any, rows: torch.Tensor, cols: torch.Tensor) -> None:
         """Keep batch rows `rows` and cached columns `cols` of the cache."""
@@ -152,7 +174,7 @@ def hf_is_rotary(hf_model: torch.nn.Module) -> bool:
     return any(name.endswith("rotary_emb") for name, _ in hf_model.named_modules())
 
 
-class BridgeBackend:
+class BridgeBackend(Backend):
     """`TransformerBridge`: `position_ids` and an explicit 4D mask, Hugging Face's cache."""
 
     name = "bridge"
@@ -165,25 +187,16 @@ class BridgeBackend:
 
         return DynamicCache(config=model.original_model.config)
 
-    def check_cache(self, cache: Any, n_cached: int) -> None:
-        from transformers import Cache
+    cache_class = ("transformers", "Cache")
+    # The bridge forwards unknown keywords to Hugging Face, which ignores them: a
+    # TransformerLens cache would be dropped and every key recomputed wrongly.
+    wrong_cache = (
+        "a TransformerBridge runs on Hugging Face's cache (DynamicCache), got {}, which the "
+        "bridge would silently ignore; let tempo_lens make the cache (Decoder)"
+    )
 
-        if cache is None:
-            return
-        if not isinstance(cache, Cache):
-            # The bridge forwards unknown keywords to Hugging Face, which ignores them:
-            # a TransformerLens cache would be dropped and every key recomputed wrongly.
-            raise TempoError(
-                f"a TransformerBridge runs on Hugging Face's cache (DynamicCache), got "
-                f"{type(cache).__name__}, which the bridge would silently ignore; let "
-                "tempo_lens make the cache (Decoder)"
-            )
-        have = int(cache.get_seq_length())
-        if have != n_cached:
-            raise TempoError(
-                f"the KV cache holds {have} keys but the layout has {n_cached} before the "
-                "query block; run the decoder's own cache"
-            )
+    def cached_keys(self, cache: Any) -> int:
+        return int(cache.get_seq_length())
 
     def position_ids(self, model: Model, batch: LayoutBatch, n_query: int) -> torch.Tensor:
         """The query block's logical positions, as Hugging Face takes them."""
@@ -212,27 +225,16 @@ class BridgeBackend:
         mask = torch.zeros(n_query, n, dtype=dtype).masked_fill(future, torch.finfo(dtype).min)
         return mask.expand(batch_size, 1, n_query, n)
 
-    def forward(
-        self,
-        model: Model,
-        batch: LayoutBatch,
-        n_query: int,
-        hooks: list,
-        cache: Any,
-    ) -> torch.Tensor:
-        """Logits `[batch, n_query, vocab]` of the last `n_query` tokens of every row."""
-        tokens, n = _query_block(batch, n_query)
-        self.check_cache(cache, n - n_query if cache is not None else 0)
+    def model_kwargs(self, model: Model, batch: LayoutBatch, n_query: int, cache: Any) -> Kwargs:
         device = model.cfg.device
-        position_ids = self.position_ids(model, batch, n_query).to(device)
-        mask = self.causal_mask(model, n, n_query, batch.batch_size).to(device)
-        kwargs: dict[str, Any] = {"position_ids": position_ids, "attention_mask": mask}
+        n = len(batch)
+        kwargs: dict[str, Any] = {
+            "position_ids": self.position_ids(model, batch, n_query).to(device),
+            "attention_mask": self.causal_mask(model, n, n_query, batch.batch_size).to(device),
+        }
         if cache is not None:
-            kwargs |= {"past_key_values": cache, "use_cache": True}
-        else:
-            kwargs["use_cache"] = False
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            return model(tokens.to(device), **kwargs)
+            return kwargs | {"past_key_values": cache, "use_cache": True}
+        return kwargs | {"use_cache": False}
 
     def keep(self, cache: Any, rows: torch.Tensor, cols: torch.Tensor) -> None:
         """Keep batch rows `rows` and cached columns `cols` (Hugging Face's cache layout:

@@ -699,16 +699,16 @@ def generate(
     """
     config, names = _settings(
         model,
-        threshold,
         max_steps,
         max_new_tokens,
-        isolate,
-        next_from,
-        max_parallel,
-        cache,
-        use_kv_cache,
         eos_token_id,
-        prune,
+        cache,
+        threshold=threshold,
+        isolate=isolate,
+        next_from=next_from,
+        max_parallel=max_parallel,
+        use_kv_cache=use_kv_cache,
+        prune=prune,
     )
     single = not _is_batch(prompt)
     prompts: list[Prompt] = [prompt] if single else list(prompt)  # type: ignore[list-item]
@@ -743,7 +743,10 @@ def generate_stream(model: Model, prompt: Prompt, **kwargs: Any) -> Iterator[Par
     fwd_hooks = kwargs.pop("fwd_hooks", ())
     step_hooks = kwargs.pop("step_hooks", None)
     kwargs.pop("label", None)
-    config, names = _settings(model, **kwargs)
+    steps = kwargs.pop("max_steps", None), kwargs.pop("max_new_tokens", None)
+    config, names = _settings(
+        model, *steps, kwargs.pop("eos_token_id", -1), kwargs.pop("cache", None), **kwargs
+    )
     tokens = [_prompt_tokens(model, prompt)]
     gen = _Generation(model, tokens, config, names, keep_logits, fwd_hooks, step_hooks)
     for _, ps in gen.sets():
@@ -752,33 +755,26 @@ def generate_stream(model: Model, prompt: Prompt, **kwargs: Any) -> Iterator[Par
 
 def _settings(
     model: Model,
-    threshold: Threshold = 0.1,
-    max_steps: int | None = None,
-    max_new_tokens: int | None = None,
-    isolate: bool = True,
-    next_from: str = "mixture",
-    max_parallel: int | None = None,
-    cache: Iterable[CacheName] | None = None,
-    use_kv_cache: bool = True,
-    eos_token_id: int | None = -1,
-    prune: float | None = None,
+    max_steps: int | None,
+    max_new_tokens: int | None,
+    eos_token_id: int | None,
+    cache: Iterable[CacheName] | None,
+    **config: Any,
 ) -> tuple[GenerateConfig, list[str]]:
+    """The run's `GenerateConfig` (`config`: its other fields as `generate` takes them)
+    and the resolved capture names."""
     if max_steps is not None and max_new_tokens is not None and max_steps != max_new_tokens:
         raise TempoError("give max_steps or max_new_tokens (an alias), not both")
     steps = max_steps if max_steps is not None else max_new_tokens
     if eos_token_id == -1:
         eos_token_id = getattr(model.tokenizer, "eos_token_id", None)
-    config = GenerateConfig(
-        threshold=threshold,
-        max_steps=15 if steps is None else steps,
-        isolate=isolate,
-        next_from=next_from,
-        max_parallel=max_parallel,
-        eos_token_id=eos_token_id,
-        use_kv_cache=use_kv_cache,
-        prune=prune,
+    unknown = sorted(set(config) - set(GenerateConfig.__dataclass_fields__))
+    if unknown:
+        raise TempoError(f"generate() got an unexpected argument {unknown[0]!r}")
+    settings = GenerateConfig(
+        max_steps=15 if steps is None else steps, eos_token_id=eos_token_id, **config
     )
-    return config, resolve_hook_names(model, cache) if cache else []
+    return settings, resolve_hook_names(model, cache) if cache else []
 
 
 def _is_batch(prompt: Any) -> bool:

@@ -220,10 +220,10 @@ def log_ratio_test(
     ratios: Sequence[float],
     null: float = 1.0,
     *,
+    level: float = 0.95,
     resamples: int = 2000,
     permutations: int = 10000,
     seed: int = 42,
-    level: float = 0.95,
 ) -> LogRatioTest:
     """Test paired ratios (one per prompt, e.g. a / b) against `null` on the log scale:
     the geometric-mean ratio exp(mean log r) with exp of the percentile-bootstrap CI of
