@@ -43,20 +43,16 @@ COGITO_3B = dict(
 
 
 def _hf_reference(hf, layout, isolate: bool) -> torch.Tensor:
-    """HF logits with position_ids and a 4D mask built by plain loops over the sets."""
-    steps = layout.step.tolist()
-    n = len(steps)
-    mask = torch.full((1, 1, n, n), torch.finfo(torch.float32).min)
-    for q in range(n):
-        for k in range(q + 1):
-            if not (isolate and k != q and steps[q] >= 0 and steps[q] == steps[k]):
-                mask[0, 0, q, k] = 0.0
+    """HF logits with position_ids and the 4D mask `testing.hf_tempo_mask` builds from the
+    layout's steps alone."""
+    from tempo_lens.testing import hf_tempo_mask
+
     dev = hf.device
     with torch.no_grad():
         return hf(
             input_ids=layout.tokens[None].to(dev),
             position_ids=layout.positions[None].to(dev),
-            attention_mask=mask.to(dev),
+            attention_mask=hf_tempo_mask(layout.step, isolate).to(dev),
         ).logits
 
 

@@ -1,124 +1,86 @@
-"""Tiny random models for fast tests: no download, built in well under a second.
+"""Tiny models and the Hugging Face reference used by tests and benchmarks.
 
-Each is a seeded Hugging Face model (so tests have an independent reference) converted
-through the same `model_from_hf` path as every real model:
-
-- `"llama"`: rotary, grouped-query attention (4 query heads, 2 KV heads);
-- `"neox"`: rotary on half of each head (partial rotary, as in Pythia);
-- `"gpt2"`: learned absolute positions.
-
-The unembedding and the query/key weights are scaled up so that distributions are peaked
-(several tokens pass a 0.1 threshold) and attention is far from uniform: isolation then
-changes numbers visibly.
+- `tiny_hf_model(kind)` / `tiny_model(kind)`: a seeded tiny Hugging Face causal LM (the
+  independent reference) and the TransformerLens model converted from it through the same
+  `model_from_hf` path as every real model (kinds: `KINDS` and `ROPE_VARIANTS`, defined in
+  `tempo_lens.loading.tiny`, which also backs `load_model("tiny-llama")`);
+- `hf_tempo_mask(steps, isolate)`: the 4D additive attention mask a Hugging Face model
+  takes for a TEMPO layout, built from each token's step alone (no `Layout`, no hooks), so
+  comparisons against Hugging Face stay independent of tempo_lens's own mask builder.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 import torch
+from jaxtyping import Float
 
-from tempo_lens.backend import Model
+from tempo_lens.backend import Model, check_backend_name
+from tempo_lens.loading import bridge_from_hf, model_from_hf
+from tempo_lens.loading.tiny import (
+    KINDS,
+    ROPE_VARIANTS,
+    SPECIALS,
+    VOCAB_SIZE,
+    tiny_hf_model,
+    tiny_tokenizer,
+)
 
-KINDS = ("llama", "neox", "gpt2")
-# Llama-like models with scaled RoPE, as the seeds' Llama-3.2 model has (llama3 type).
-ROPE_VARIANTS = {
-    "llama3rope": {
-        "rope_type": "llama3",
-        "rope_theta": 500000.0,
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 32,
-    },
-    "yarnrope": {
-        "rope_type": "yarn",
-        "rope_theta": 10000.0,
-        "factor": 4.0,
-        "original_max_position_embeddings": 64,
-    },
-}
-_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-VOCAB_SIZE = len(SPECIALS) + len(_CHARS)
-
-
-def tiny_tokenizer() -> Any:
-    """A character-level fast tokenizer: 4 specials + printable ASCII + newline."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + _CHARS)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-    )
-    # An in-memory tokenizer cannot be re-loaded by name; telling TL it already handles
-    # BOS keeps TL from trying (TL adds BOS by hand when a model asks for it).
-    tok.init_kwargs.update(add_bos_token=True, name_or_path="tempo_lens-tiny-char")
-    return tok
-
-
-def tiny_hf_model(kind: str = "llama", seed: int = 0) -> tuple[Any, Any]:
-    """A seeded tiny Hugging Face causal LM of `kind` and its tokenizer (eager attention,
-    so 4D masks are honoured exactly)."""
-    import transformers as tf
-
-    common = dict(vocab_size=VOCAB_SIZE, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    rotary = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        **common,
-    )
-    if kind == "llama" or kind in ROPE_VARIANTS:
-        rope = {"rope_parameters": ROPE_VARIANTS[kind]} if kind in ROPE_VARIANTS else {}
-        config = tf.LlamaConfig(num_key_value_heads=2, **rope, **rotary)
-        cls = tf.LlamaForCausalLM
-    elif kind == "neox":
-        config = tf.GPTNeoXConfig(rotary_pct=0.5, **rotary)
-        cls = tf.GPTNeoXForCausalLM
-    elif kind == "gpt2":
-        config = tf.GPT2Config(
-            n_embd=64, n_layer=2, n_head=4, n_positions=256, tie_word_embeddings=False, **common
-        )
-        cls = tf.GPT2LMHeadModel
-    else:
-        raise ValueError(
-            f"unknown tiny model kind {kind!r}; use one of {KINDS + tuple(ROPE_VARIANTS)}"
-        )
-    config._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = cls(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lm_head" in name:
-                p.mul_(25.0)
-            elif name.endswith("wpe.weight"):
-                p.mul_(5.0)  # make learned positions matter
-            elif any(s in name for s in ("q_proj", "k_proj", "query_key_value", "c_attn")):
-                p.mul_(6.0)
-    model.eval()
-    return model, tiny_tokenizer()
+__all__ = [
+    "KINDS",
+    "ROPE_VARIANTS",
+    "SPECIALS",
+    "VOCAB_SIZE",
+    "hf_tempo_mask",
+    "tiny_hf_model",
+    "tiny_model",
+    "tiny_tokenizer",
+]
 
 
 def tiny_model(kind: str = "llama", seed: int = 0, backend: str | None = None) -> Model:
     """The `HookedTransformer` (or, `backend="bridge"`, the `TransformerBridge`; default:
     `backend.default_backend()`) of `tiny_hf_model(kind, seed)`, unprocessed: hook values
     equal the HF hidden states."""
-    from tempo_lens.backend import check_backend_name
-    from tempo_lens.loading import bridge_from_hf, model_from_hf
-
     hf, tok = tiny_hf_model(kind, seed)
     if check_backend_name(backend) == "bridge":
         return bridge_from_hf(hf, tok, model_name=f"tiny-{kind}")
     return model_from_hf(hf, tok, model_name=f"tiny-{kind}")
+
+
+def hf_tempo_mask(
+    steps: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor,
+    isolate: bool,
+    *,
+    hidden_after: Mapping[int, int] | None = None,
+    n_query: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Float[torch.Tensor, "batch 1 n_query n"]:
+    """The `[batch, 1, q, n]` additive attention mask (0 where a query may attend, the
+    dtype's minimum elsewhere) that a Hugging Face model takes, with explicit
+    `position_ids`, for a TEMPO layout.
+
+    `steps`: per token in physical order, `-1` for a prompt token, `i >= 0` for a member
+    of step i's set, anything below -1 for a pad slot (as `LayoutBatch`'s `PAD_STEP`);
+    one row `[n]` or a batch `[batch, n]`. Query q sees key k when k <= q, except (the
+    diagonal always stays visible): a pad key; when `isolate`, a sibling (same step >= 0);
+    a key `hidden_after` maps (physical index -> step) to a step the query's step is
+    later than (live pruning). Only the last `n_query` query rows (default all), as for a
+    forward on a cache."""
+    step = torch.as_tensor(steps, dtype=torch.long)
+    step = step[None] if step.dim() == 1 else step
+    n = step.shape[-1]
+    q = n if n_query is None else n_query
+    rows = torch.arange(n - q, n)
+    s_q = step[:, n - q :, None]
+    s_k = step[:, None, :]
+    diagonal = rows[:, None] == torch.arange(n)[None, :]
+    hidden = (rows[:, None] < torch.arange(n)[None, :]) | (s_k < -1)
+    if isolate:
+        hidden |= (s_q == s_k) & (s_q >= 0)
+    for key, after in (hidden_after or {}).items():
+        hidden[:, :, key] |= s_q[..., 0] > after
+    mask = torch.zeros(hidden.shape, dtype=dtype)
+    mask.masked_fill_(hidden & ~diagonal, torch.finfo(dtype).min)
+    return mask[:, None]

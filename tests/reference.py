@@ -1,10 +1,13 @@
 """The independent reference: Hugging Face transformers given explicit `position_ids` and
-a 4D additive mask. The mask and positions are built here from the list of sets with
-plain loops — deliberately sharing no code with tempo_lens's Layout or hooks."""
+a 4D additive mask. Positions and steps are built here from the list of sets with plain
+loops, and the mask by `tempo_lens.testing.hf_tempo_mask` from the steps alone —
+sharing no code with tempo_lens's Layout or hooks."""
 
 from __future__ import annotations
 
 import torch
+
+from tempo_lens.testing import hf_tempo_mask
 
 
 def tempo_inputs(
@@ -17,25 +20,16 @@ def tempo_inputs(
 
     `pruned` maps (set index, member index) to the step after which that member is
     hidden: every query of a later set may not attend to it."""
-    ids, pos, group, member = list(prompt), list(range(len(prompt))), [-1] * len(prompt), []
-    member = [-1] * len(prompt)
+    ids, pos, steps = list(prompt), list(range(len(prompt))), [-1] * len(prompt)
+    hidden_after = {}
     for i, members in enumerate(sets):
         for j, t in enumerate(members):
+            if (pruned or {}).get((i, j)) is not None:
+                hidden_after[len(ids)] = pruned[(i, j)]
             ids.append(t)
             pos.append(len(prompt) + i)
-            group.append(i)
-            member.append(j)
-    n = len(ids)
-    pruned = pruned or {}
-    mask = torch.full((1, 1, n, n), torch.finfo(torch.float32).min)
-    for q in range(n):
-        for k in range(q + 1):
-            hidden = isolate and k != q and group[q] >= 0 and group[q] == group[k]
-            after = pruned.get((group[k], member[k]))
-            if after is not None and group[q] > after:
-                hidden = True
-            if not hidden:
-                mask[0, 0, q, k] = 0.0
+            steps.append(i)
+    mask = hf_tempo_mask(steps, isolate, hidden_after=hidden_after)
     return torch.tensor([ids]), torch.tensor([pos]), mask
 
 

@@ -152,7 +152,7 @@ def test_every_command_is_listed_and_the_moved_ones_are_gone(capsys):
 def test_lazy_package_attributes():
     import tempo_lens
 
-    assert tempo_lens.load_model.__module__ == "tempo_lens.loading"
+    assert tempo_lens.load_model.__module__ == "tempo_lens.loading.load"
     assert set(tempo_lens.__all__) <= set(dir(tempo_lens))
     with pytest.raises(AttributeError):
         tempo_lens.no_such_name  # noqa: B018

@@ -1,5 +1,6 @@
 """Foundation: the embedded model against transformers' own GGUF loader, the local-HF-dir
-path, the weight-layout fix, and every loading error."""
+path, the architecture table (every Hugging Face config attribute handled or refused), the
+weight-layout fix, and every loading error."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 import tempo_lens as tl
 from tempo_lens import loading
 from tempo_lens.testing import tiny_hf_model, tiny_model
-from tests.reference import log_probs
+from tests.reference import hf_tempo_logits, log_probs
 
 PROMPT = "The cat sat on the mat because"
 
@@ -141,6 +142,103 @@ def test_unsupported_rope_type():
     hf.config.rope_parameters = {"rope_type": "longrope", "rope_theta": 10000.0}
     with pytest.raises(tl.TempoError, match="rope type 'longrope' is not supported"):
         loading.config_from_hf(hf.config)
+
+
+# The architecture table: handled, ignored or refused ----------------------------------
+
+
+@pytest.mark.parametrize("model_type", sorted(loading.ARCHITECTURES))
+def test_every_default_config_converts(model_type):
+    """Each entry handles every default attribute of its own config class."""
+    from transformers import AutoConfig
+
+    cfg = loading.config_from_hf(AutoConfig.for_model(model_type))
+    assert cfg["original_architecture"] == loading.ARCHITECTURES[model_type].hf_class
+
+
+@pytest.mark.parametrize(
+    ("kind", "attribute", "value"),
+    [
+        ("llama", "attention_bias", True),
+        ("llama", "mlp_bias", True),
+        ("gpt2", "add_cross_attention", True),
+        ("neox", "attention_bias", False),
+    ],
+)
+def test_an_unhandled_attribute_is_refused_by_name(kind, attribute, value):
+    hf, _ = tiny_hf_model(kind)
+    setattr(hf.config, attribute, value)
+    with pytest.raises(tl.TempoError, match=f"attribute {attribute} = {value!r} is not supported"):
+        loading.config_from_hf(hf.config)
+    with pytest.raises(tl.TempoError, match=attribute):
+        loading.model_from_hf(hf, None)
+
+
+def test_unhandled_attributes_are_all_named_on_one_line():
+    hf, _ = tiny_hf_model("llama")
+    hf.config.attention_bias = hf.config.mlp_bias = True
+    with pytest.raises(tl.TempoError) as err:
+        loading.config_from_hf(hf.config)
+    assert "attention_bias = True, mlp_bias = True are not supported" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_qwen2_sliding_window_is_refused_and_full_attention_accepted():
+    from transformers import Qwen2Config
+
+    small = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4)
+    full = loading.config_from_hf(Qwen2Config(num_hidden_layers=2, **small))
+    assert full["n_layers"] == 2 and full["final_rms"] is True
+    sliding = Qwen2Config(num_hidden_layers=2, use_sliding_window=True, max_window_layers=1)
+    with pytest.raises(tl.TempoError, match="sliding"):
+        loading.config_from_hf(sliding)
+
+
+def test_mistral_context_is_capped_at_its_sliding_window():
+    from transformers import MistralConfig
+
+    assert loading.config_from_hf(MistralConfig(sliding_window=4096))["n_ctx"] == 4096
+    assert loading.config_from_hf(MistralConfig(sliding_window=None))["n_ctx"] == 131072
+
+
+def test_attributes_the_config_class_does_not_define_are_passed_over():
+    """Custom metadata (as in many hub configs) is read by no Hugging Face model class."""
+    hf, _ = tiny_hf_model("llama")
+    hf.config.is_llama_config = True
+    assert loading.config_from_hf(hf.config)["n_layers"] == 2
+
+
+@pytest.mark.parametrize(
+    ("rope", "refused"),
+    [
+        ({"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}, "rope type 'dynamic'"),
+        ({"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}, "partial"),
+        ({"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0, "foo": 1}, "foo = 1"),
+    ],
+)
+def test_unhandled_rope_settings_are_refused(rope, refused):
+    hf, _ = tiny_hf_model("llama")
+    hf.config.rope_parameters = rope
+    with pytest.raises(tl.TempoError, match=refused):
+        loading.config_from_hf(hf.config)
+
+
+def test_linear_rope_scaling_matches_hugging_face():
+    """Linear RoPE scaling (angles divided by `factor`) is TL's `rotary_scaling_factor`:
+    a TEMPO layout's logits equal Hugging Face's in both modes, and differ from the
+    same weights without scaling (the factor is not dropped)."""
+    model = tiny_model("linearrope")
+    assert model.cfg.rotary_scaling_factor == 4.0
+    hf, tok = tiny_hf_model("linearrope")
+    prompt = tok("The cat sat on the mat")["input_ids"]
+    sets = [[40, 41, 42], [43], [44, 45]]
+    layout = tl.Layout.from_sets(prompt, sets)
+    for isolate in (True, False):
+        ours, _ = tl.forward(model, layout, isolate=isolate)
+        ref = hf_tempo_logits(hf, prompt, sets, isolate)
+        assert (ours - ref).abs().max().item() < 1e-4
+    unscaled, _ = tl.forward(tiny_model("llama"), layout, isolate=False)
+    assert (unscaled - ours).abs().max().item() > 1e-2
 
 
 def test_bad_dtype():
