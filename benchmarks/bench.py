@@ -52,9 +52,9 @@ from tempo_lens.generate import (
     model_forward,
     resolve_hook_names,
 )
-from tempo_lens.hooks import batch_hidden
 from tempo_lens.layout import Layout, LayoutBatch
 from tempo_lens.storage import atomic_dir, marker, write_json_atomic
+from tempo_lens.testing import hf_tempo_mask
 
 if TYPE_CHECKING:  # the benchmark times the HookedTransformer backend (TransformerLens < 4)
     from transformer_lens import HookedTransformer
@@ -190,14 +190,6 @@ def _tl_prefix_cache(model: HookedTransformer, prefix: Layout) -> TransformerLen
     return kv
 
 
-def _additive_mask(layout: Layout, n_query: int, isolate: bool, dtype: torch.dtype) -> Any:
-    """What a Hugging Face user writes: a [1, 1, Q, n] additive mask from the layout."""
-    allowed = layout.attention_mask(isolate)[len(layout) - n_query :]
-    mask = torch.zeros(allowed.shape, dtype=dtype)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
-
-
 def _hf_forward(hf: Any, layout: Layout, n_query: int, isolate: bool, cache: Any) -> Any:
     n = len(layout)
     dtype = next(hf.parameters()).dtype
@@ -206,7 +198,9 @@ def _hf_forward(hf: Any, layout: Layout, n_query: int, isolate: bool, cache: Any
         return hf(
             input_ids=layout.tokens[n - n_query :][None].to(device),
             position_ids=layout.positions[n - n_query :].long()[None].to(device),
-            attention_mask=_additive_mask(layout, n_query, isolate, dtype).to(device),
+            attention_mask=hf_tempo_mask(layout.step, isolate, n_query=n_query, dtype=dtype).to(
+                device
+            ),
             past_key_values=cache,
             use_cache=True,
         )
@@ -291,14 +285,12 @@ def _hf_batch_forward(hf: Any, batch: LayoutBatch, n_query: int, cache: Any) -> 
     n = len(batch)
     dtype = next(hf.parameters()).dtype
     device = next(hf.parameters()).device
-    causal = torch.ones(n, n, dtype=torch.bool).tril()[n - n_query :]
-    allowed = causal[None] & ~batch_hidden(batch, True, n_query)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    mask = hf_tempo_mask(batch.step, True, n_query=n_query, dtype=dtype)
     with torch.no_grad():
         return hf(
             input_ids=batch.tokens[:, n - n_query :].to(device),
             position_ids=batch.positions[:, n - n_query :].long().to(device),
-            attention_mask=mask[:, None].to(device),
+            attention_mask=mask.to(device),
             past_key_values=cache,
             use_cache=True,
         )
