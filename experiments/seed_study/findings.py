@@ -266,8 +266,9 @@ def received_rows(head: dict[str, Any], model: str) -> list[list[str]]:
         ]
         ours = (
             f"position-matched (headline; members / single generated tokens at equal query "
-            f"distance, isolated): {_ratio(m)}; attention falls {_ci(reg)} % per step of "
-            f"distance. Raw, unmatched (secondary): prompt out {_pct(raw_out)} (Welch vs "
+            f"distance, isolated): {_ratio(m)}; received attention changes by {_ci(reg)} % "
+            f"per step of query distance (regression diagnostic). Raw, unmatched "
+            f"(secondary): prompt out {_pct(raw_out)} (Welch vs "
             f"theirs p = {_p(welch[0])}); prompt in {_pct(raw_in)} (Welch p = {_p(welch[1])}); "
             f"per whole set (a sum over >= 2 members against one token, large by "
             f"construction): {_pct(set_in)}. One estimate over all our prompts against each "
@@ -498,18 +499,20 @@ def _beyond(
 
 
 def _wall_time(t: dict[str, Any], sweep: dict[str, Any]) -> list[str]:
+    load = t.get("load_average_end")
+    load_s = f" (load average {load[0]} / {load[1]} / {load[2]} at its end)" if load else ""
     lines = [
         "## Sweep wall time",
         "",
-        f"Measured on this 2-core CPU machine, shared with other jobs while it ran: "
-        f"{t['wall_seconds'] / 60:.1f} min for the last invocation (generation "
+        f"Measured on this 2-core CPU machine, shared with other jobs: the last invocation took "
+        f"{t['wall_seconds'] / 60:.1f} min{load_s}: generation "
         f"{t.get('generation_seconds', 0) / 60:.1f} min for {t.get('generated_runs', 0)} new "
-        f"runs, {t.get('skipped_runs', 0)} reused; analysis "
-        f"{t.get('analysis_seconds', 0) / 60:.1f} min). Sum of the generation time of all "
-        f"{sweep['n_runs']} saved runs: {t.get('sum_of_run_seconds', 0) / 60:.1f} min, so a "
-        f"sweep from scratch takes about "
-        f"{(t.get('sum_of_run_seconds', 0) + t.get('analysis_seconds', 0)) / 60:.1f} min "
-        "(generation + analysis) on this machine.",
+        f"runs ({t.get('skipped_runs', 0)} reused), analysis "
+        f"{t.get('analysis_seconds', 0) / 60:.1f} min. The {sweep['n_runs']} saved runs "
+        f"record {t.get('sum_of_run_seconds', 0) / 60:.1f} min of generation between them "
+        "(batched: each run's share of its batch), taken whenever they were generated. "
+        "Speed is measured side by side by `benchmarks/speedup.py` (docs/performance.md), "
+        "not here.",
     ]
     return lines + [""]
 

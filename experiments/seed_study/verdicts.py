@@ -43,7 +43,8 @@ class Verdict:
             raise ValueError(f"verdict {self.word!r} is not one of {VERDICTS}")
 
     def markdown(self) -> str:
-        return f"**{self.word}** ({self.model}, n = {self.n}): {self.reason}"
+        head = f"**{self.word}** ({self.model}, n = {self.n})"
+        return f"{head}: {self.reason}" if self.reason else head
 
 
 def inside(value: float, ci: list[float] | tuple[float, float] | None) -> bool | None:

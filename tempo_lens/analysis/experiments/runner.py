@@ -189,6 +189,9 @@ def _run_locked(
     timing = dict(summary.pop("timing", {}))
     timing.update(book)
     timing["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    # the machine's 1/5/15-minute load averages when the experiment ended (shared machines:
+    # wall times mean little without it)
+    timing["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     summary["timing"] = timing
     resolved = {k: v for k, v in section.items() if not k.startswith("_")}
     config_text = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
