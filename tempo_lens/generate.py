@@ -768,6 +768,9 @@ def _settings(
     steps = max_steps if max_steps is not None else max_new_tokens
     if eos_token_id == -1:
         eos_token_id = getattr(model.tokenizer, "eos_token_id", None)
+    threshold = config.get("threshold")
+    if isinstance(threshold, dict | str):  # only a saved run holds a schedule's description
+        raise TempoError(f"threshold must be a number in (0, 1] or a callable, got {threshold!r}")
     unknown = sorted(set(config) - set(GenerateConfig.__dataclass_fields__))
     if unknown:
         raise TempoError(f"generate() got an unexpected argument {unknown[0]!r}")

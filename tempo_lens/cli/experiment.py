@@ -48,6 +48,8 @@ def run(args: Any) -> int:
     if args.model is not None:
         section["model"] = args.model
     check_engine(args.engine, args.address, args.workers, args.gpus_per_worker)
+    if args.out is not None:  # as given: Path("") would be the current directory
+        check_target(args.out, "experiment")
     out = Path(args.out) if args.out is not None else default_out(section)
     check_target(out, "experiment")  # before any model loads
     summary = run_experiment(
