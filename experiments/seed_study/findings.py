@@ -345,7 +345,7 @@ def _gap_figures(variants: dict[str, Any], coherence: dict[str, Any], prefix: st
             if ppl and ppl.get("ci")
             else ""
         )
-        parts.append(f"gap {g}: KL {v['kl_members']:.3g}, top-1 agreement {agree}{ppl_s}")
+        parts.append(f"gap {g}: KL {v['kl_members']:.3g}, next-token agreement {agree}{ppl_s}")
     return "; ".join(parts)
 
 
