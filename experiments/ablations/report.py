@@ -42,7 +42,7 @@ def num(x: Any, digits: int = 3) -> str:
         return "n/a"
     if isinstance(x, int):
         return str(x)
-    return f"{x:.{digits}g}"
+    return f"{x + 0.0:.{digits}g}".replace("-0", "0") if x == 0 else f"{x:.{digits}g}"
 
 
 def pct(x: Any) -> str:
