@@ -38,8 +38,11 @@ LAUNCH = (
 
 
 def subset_config(config: Path, max_prompts: int | None, out: Path) -> Path:
-    """The config with `max_prompts` and its prompt suite made absolute."""
+    """The config with `max_prompts` and its prompt suite made absolute. Both sides get
+    the same prompts, the suite's first N: a `sample:` key (which the earlier commit does
+    not know) is dropped."""
     raw = yaml.safe_load(config.read_text())
+    raw.pop("sample", None)
     if max_prompts is not None:
         raw["max_prompts"] = max_prompts
     if raw.get("prompt_suite"):
