@@ -66,9 +66,9 @@ case "${1:-}" in
     "$VENV/bin/ruff" format --check tempo_lens tests benchmarks experiments
     # pytest exits 5 when no test ran: with `set -e` that fails the command, never a silent pass.
     # A full run takes two pytest-xdist workers (one thread each, tests/conftest.py), whole
-    # files per worker; a run with arguments stays in one process.
+    # tests handed out as workers free up; a run with arguments stays in one process.
     XDIST=()
-    if [ "$#" -le 1 ]; then XDIST=(-n 2 --dist loadfile); fi
+    if [ "$#" -le 1 ]; then XDIST=(-n 2 --dist worksteal); fi
     "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" "${@:2}"
     # Only a full run (no pytest arguments) also runs the TransformerLens 4 environment.
     if [ "$#" -le 1 ]; then
