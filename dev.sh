@@ -65,8 +65,8 @@ case "${1:-}" in
     "$VENV/bin/ruff" check tempo_lens tests benchmarks experiments
     "$VENV/bin/ruff" format --check tempo_lens tests benchmarks experiments
     # pytest exits 5 when no test ran: with `set -e` that fails the command, never a silent pass.
-    # A full run takes two pytest-xdist workers (one thread each, tests/conftest.py), whole
-    # tests handed out as workers free up; a run with arguments stays in one process.
+    # A full run takes two pytest-xdist workers (one thread each, tests/conftest.py), each
+    # test handed to whichever worker is free; a run with arguments stays in one process.
     XDIST=()
     if [ "$#" -le 1 ]; then XDIST=(-n 2 --dist worksteal); fi
     "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" "${@:2}"
