@@ -33,8 +33,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from tempo_lens.analysis.experiments.kind import Kind, KindKeys
-from tempo_lens.analysis.metrics import kl
-from tempo_lens.backend import Model
+from tempo_lens.backend import Model, backend_of
 from tempo_lens.generate import (
     FORWARD_MEMORY_BUDGET,
     forward,
@@ -97,24 +96,44 @@ class Replays:
     in two batched forwards."""
 
     def __init__(
-        self, source: Source, iso: tuple[torch.Tensor, Any], vis: tuple[torch.Tensor, Any]
+        self,
+        source: Source,
+        iso: tuple[torch.Tensor, Any],
+        vis: tuple[torch.Tensor, Any],
+        *,
+        keys_cached: bool = False,
     ):
         self.source = source
         self.layout, self.weights = layout_and_weights(source)
         self.next_from = source.config.next_from if isinstance(source, TempoRun) else "mixture"
         (iso_logits, self.iso_cache), (vis_logits, self.vis_cache) = iso, vis
         self.iso_logits, self.vis_logits = iso_logits[0], vis_logits[0]
+        self._members = self.layout.step >= 0
+        self._sets = [
+            (sl, self.weights[sl].tolist())
+            for sl in map(self.layout.set_slice, range(self.layout.n_steps))
+        ]
         self.iso = self.rows(self.iso_logits)
         self.vis = self.rows(self.vis_logits)
+        # p and Σ p log p of every reference row, so a KL to it is one dot product.
+        self._probs = [[lp.exp() for lp in ref] for ref in (self.iso, self.vis)]
+        self._neg_entropy = [
+            [(p * lp).sum(-1) for p, lp in zip(probs, ref, strict=True)]
+            for probs, ref in zip(self._probs, (self.iso, self.vis), strict=True)
+        ]
+        # The rows before `shared` see no sibling: isolation cannot change them, so every
+        # variant that hides nothing there starts from the iso replay's keys and values.
+        self.shared = first_hidden_row(self.layout.same_set()) if keys_cached else 0
 
     @classmethod
     def of(cls, model: Model, sources: Sequence[Source]) -> list[Replays]:
         layouts = [layout_and_weights(s)[0] for s in sources]
         resid = ["hook_resid_pre"]
-        iso_logits, iso_caches = forward(model, layouts, isolate=True, cache=resid)
+        kv = ["hook_k", "hook_v"] if keys_are_cacheable(model) else []
+        iso_logits, iso_caches = forward(model, layouts, isolate=True, cache=resid + kv)
         vis_logits, vis_caches = forward(model, layouts, isolate=False, cache=resid)
         return [
-            cls(s, (il, ic), (vl, vc))
+            cls(s, (il, ic), (vl, vc), keys_cached=bool(kv))
             for s, il, ic, vl, vc in zip(
                 sources, iso_logits, iso_caches, vis_logits, vis_caches, strict=True
             )
@@ -122,25 +141,34 @@ class Replays:
 
     def rows(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(member rows `[m, vocab]`, next-set distributions `[steps, vocab]`) as log-probs."""
-        members = torch.log_softmax(logits[self.layout.step >= 0].double(), -1)
-        nxt = []
-        for s in range(self.layout.n_steps):
-            sl = self.layout.set_slice(s)
-            probs = self.weights[sl].tolist()
-            nxt.append(next_distribution(logits[sl], probs, self.next_from).double().log())
-        return members, (torch.stack(nxt) if nxt else members[:0])
+        members = torch.log_softmax(logits[self._members].double(), -1)
+        return members, self.next_rows(logits)
+
+    def next_rows(self, logits: torch.Tensor) -> torch.Tensor:
+        """`[steps, vocab]` log-probs of each step's next-set distribution."""
+        nxt = [
+            next_distribution(logits[sl], probs, self.next_from).double().log()
+            for sl, probs in self._sets
+        ]
+        return torch.stack(nxt) if nxt else logits[:0].double()
 
     def distances(self, logits: torch.Tensor) -> torch.Tensor:
-        """`[4]`: the `Distances` fields of a replay's logits `[n, vocab]`."""
-        m, x = self.rows(logits)
-        return torch.stack(
-            [
-                _mean(kl(self.iso[0], m)),
-                _mean(kl(self.vis[0], m)),
-                _mean(kl(self.iso[1], x)),
-                _mean(kl(self.vis[1], x)),
-            ]
-        )
+        """`[4]`: the `Distances` fields of a replay's logits `[n, vocab]`.
+
+        KL(p ‖ q) = Σ p log p − Σ p log q, with Σ p log p and p of each reference row
+        computed once; for member rows log q = z − logsumexp(z), so Σ p log q =
+        p·z − logsumexp(z) needs no normalised copy of the variant's logits z."""
+        z = logits[self._members].double()
+        lse = torch.logsumexp(z, -1)
+        nxt = self.next_rows(logits)
+        out = [
+            _mean(self._neg_entropy[ref][0] - torch.linalg.vecdot(self._probs[ref][0], z) + lse)
+            for ref in (0, 1)
+        ] + [
+            _mean(self._neg_entropy[ref][1] - torch.linalg.vecdot(self._probs[ref][1], nxt))
+            for ref in (0, 1)
+        ]
+        return torch.stack(out)
 
     def baseline(self) -> Distances:
         """The isolated replay measured against both references (KL(vis ‖ iso))."""
@@ -149,6 +177,50 @@ class Replays:
     def resid(self, isolated: bool, layer: int) -> torch.Tensor:
         cache = self.iso_cache if isolated else self.vis_cache
         return cache["resid_pre", layer]
+
+    def replay_of(self, variant: Variant) -> torch.Tensor | None:
+        """The reference replay's logits when `variant` is exactly it (the visible one:
+        nothing hidden; the isolated one: siblings hidden everywhere), else None."""
+        if variant.layout is not None or variant.patch is not None:
+            return None
+        bias = torch.as_tensor(variant.bias)
+        if variant.hidden is None or not bool(variant.hidden.any()) or bool((bias == 0).all()):
+            return self.vis_logits
+        if bool(torch.isneginf(bias).all()) and torch.equal(variant.hidden, self.layout.same_set()):
+            return self.iso_logits
+        return None
+
+    def shared_rows(self, variant: Variant) -> int:
+        """How many leading rows `variant` computes exactly as the reference replays do
+        (its own layout and patches share none; at least one row is left to compute)."""
+        if variant.layout is not None or variant.patch is not None:
+            return 0
+        p = self.shared
+        if variant.hidden is not None:
+            p = min(p, first_hidden_row(variant.hidden))
+        return min(p, len(self.layout) - 1)
+
+    def prefix_kv(self, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `rows` keys and values (un-rotated, TL's cache layout) of `layer`."""
+        return self.iso_cache["k", layer][0, :rows], self.iso_cache["v", layer][0, :rows]
+
+
+def first_hidden_row(hidden: Bool[torch.Tensor, "n n"]) -> int:
+    """The first query row that `hidden` changes (a hidden key before it); n if none."""
+    rows = hidden.tril(-1).any(-1).nonzero()
+    return int(rows[0]) if rows.numel() else hidden.shape[0]
+
+
+def keys_are_cacheable(model: Model) -> bool:
+    """Whether `hook_k` / `hook_v` are exactly what TL's KV cache holds, so a replay can
+    start after a shared prefix: HookedTransformer without QK-norm or QKV clipping."""
+    cfg = model.cfg
+    return (
+        backend_of(model).positions_by_hooks
+        and not getattr(cfg, "use_qk_norm", False)
+        and getattr(cfg, "clip_qkv", None) is None
+        and "Olmo" not in str(getattr(cfg, "original_architecture", ""))
+    )
 
 
 Metric = Callable[[Replays, torch.Tensor], torch.Tensor]
@@ -213,30 +285,60 @@ def ablate(
     sources, _ = as_sources(source)
     refs = list(replays) if replays is not None else Replays.of(model, sources)
     per_ref = [list(variants(ref)) for ref in refs]
-    items = [(r, i) for r, vs in enumerate(per_ref) for i in range(len(vs))]
-    items.sort(key=lambda ri: per_ref[ri[0]][ri[1]].start_layer)
-    longest = max(
-        (len(v.layout or refs[r].layout) for r, vs in enumerate(per_ref) for v in vs), default=1
-    )
-    rows = max(1, min(batch_size, replay_rows(model, longest, None, memory_budget)))
     out: dict[tuple[int, int], torch.Tensor] = {}
+    same_as: dict[tuple[int, int], tuple[int, int]] = {}  # a repeated variant -> its first
+    first: dict[tuple, tuple[int, int]] = {}
+    items = []
+    for r, vs in enumerate(per_ref):
+        for i, v in enumerate(vs):
+            if (logits := refs[r].replay_of(v)) is not None:
+                out[(r, i)] = metric(refs[r], logits)
+            elif (key := _variant_key(r, v)) is not None and key in first:
+                same_as[(r, i)] = first[key]
+            else:
+                items.append((r, i))
+                if key is not None:
+                    first[key] = (r, i)
+    shared = {(r, i): refs[r].shared_rows(per_ref[r][i]) for r, i in items}
+
+    def length(ri: tuple[int, int]) -> int:
+        return len(per_ref[ri[0]][ri[1]].layout or refs[ri[0]].layout)
+
+    # Rows that start at the same layer after similar shared prefixes go together.
+    items.sort(key=lambda ri: (per_ref[ri[0]][ri[1]].start_layer, shared[ri], length(ri)))
+    longest = max((length(ri) for ri in items), default=1)
+    rows = max(1, min(batch_size, replay_rows(model, longest, None, memory_budget)))
     for begin in range(0, len(items), rows):
-        chunk = [(refs[r], per_ref[r][i]) for r, i in items[begin : begin + rows]]
-        logits, grid = _replay_chunk(model, chunk)
-        for b, ((r, i), (ref, _)) in enumerate(
-            zip(items[begin : begin + rows], chunk, strict=True)
-        ):
-            out[(r, i)] = metric(ref, logits[b, grid.real_columns(b)])
+        part = items[begin : begin + rows]
+        chunk = [(refs[r], per_ref[r][i]) for r, i in part]
+        skip = min(shared[ri] for ri in part)
+        logits = _replay_chunk(model, chunk, skip)
+        for b, (ri, (ref, _)) in enumerate(zip(part, chunk, strict=True)):
+            own = logits[b, : length(ri) - skip]
+            if skip:  # the shared rows are the reference replay's own
+                own = torch.cat([ref.iso_logits[:skip].to(own), own])
+            out[ri] = metric(ref, own)
+    out |= {ri: out[src] for ri, src in same_as.items()}
     return [
         torch.stack([out[(r, i)] for i in range(len(vs))]) if vs else torch.empty(0)
         for r, vs in enumerate(per_ref)
     ]
 
 
+def _variant_key(source: int, v: Variant) -> tuple | None:
+    """What makes two variants of one source the same replay (None: not comparable)."""
+    if v.layout is not None or v.patch is not None:
+        return None
+    bias = torch.as_tensor(v.bias, dtype=torch.float64)
+    return (source, id(v.hidden), bias.shape, bias.numpy().tobytes(), v.start_layer)
+
+
 def _replay_chunk(
-    model: Model, chunk: Sequence[tuple[Replays, Variant]]
-) -> tuple[torch.Tensor, LayoutBatch]:
-    """One padded forward of the chunk's rows: logits `[rows, n, vocab]` and the grid."""
+    model: Model, chunk: Sequence[tuple[Replays, Variant]], skip: int = 0
+) -> torch.Tensor:
+    """One padded forward of the chunk's rows after their first `skip` rows (which every
+    row shares with its reference replays: their keys and values come from its cache):
+    logits `[rows, n - skip, vocab]` on the right-padded grid."""
     grid = LayoutBatch.of([v.layout or ref.layout for ref, v in chunk])
     n, cfg = len(grid), model.cfg
     hidden = torch.zeros(len(chunk), n, n, dtype=torch.bool)
@@ -248,12 +350,21 @@ def _replay_chunk(
             bias[b] = torch.as_tensor(v.bias, dtype=torch.float64).expand(cfg.n_layers, cfg.n_heads)
     hooks = schedule_hooks(grid, hidden, bias) + _patch_hooks(grid, [v.patch for _, v in chunk])
     start = min(v.start_layer for _, v in chunk)
-    resid = None
-    if start > 0:
-        resid = torch.zeros(len(chunk), n, cfg.d_model, dtype=cfg.dtype, device=cfg.device)
+    resid, cache = None, None
+    if start > 0 or skip > 0:
+        resid = torch.zeros(len(chunk), n - skip, cfg.d_model, dtype=cfg.dtype, device=cfg.device)
         for b, (ref, v) in enumerate(chunk):
-            resid[b, grid.real_columns(b)] = ref.resid(v.start_isolated, start)[0].to(resid)
-    return replay(model, grid, hooks, start_at_layer=start, resid=resid), grid
+            own = ref.resid(v.start_isolated, start)[0, skip:]
+            resid[b, : own.shape[0]] = own.to(resid)
+    if skip > 0:
+        cache = backend_of(model).new_cache(model, len(chunk))
+        for layer in range(start, cfg.n_layers):
+            keys, values = zip(*(ref.prefix_kv(layer, skip) for ref, _ in chunk), strict=True)
+            entry = cache.entries[layer]
+            entry.past_keys = torch.stack(keys).to(entry.past_keys)
+            entry.past_values = torch.stack(values).to(entry.past_values)
+        cache.freeze()
+    return replay(model, grid, hooks, start_at_layer=start, resid=resid, past_kv_cache=cache)
 
 
 def _patch_hooks(grid: LayoutBatch, patches: Sequence[Patch | None]) -> list[Hook]:
@@ -281,18 +392,23 @@ def replay(
     *,
     start_at_layer: int = 0,
     resid: torch.Tensor | None = None,
+    past_kv_cache: Any = None,
 ) -> torch.Tensor:
     """One forward of a layout batch (positions applied, pads hidden, no isolation) with
-    `fwd_hooks`; logits `[rows, n, vocab]`. With `start_at_layer` > 0, `resid`
-    `[rows, n, d_model]` is the residual stream entering that layer."""
+    `fwd_hooks`; logits `[rows, q, vocab]` of its last q rows. With `start_at_layer` > 0
+    or a cache, `resid` `[rows, q, d_model]` is the residual stream of those rows entering
+    that layer; a (frozen) `past_kv_cache` holds the keys and values of the n − q rows
+    before them at every layer from `start_at_layer` on (q = n without one)."""
     grid = LayoutBatch.of(grid)
     tokens = grid.tokens.to(model.cfg.device)
-    hooks = mechanism_hooks(model, grid, isolate=False) + list(fwd_hooks)
+    n_query = len(grid) if resid is None else resid.shape[1]
+    hooks = mechanism_hooks(model, grid, isolate=False, n_query=n_query) + list(fwd_hooks)
     mask = torch.ones_like(tokens)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        if start_at_layer == 0:
+        if resid is None:
             return model(tokens, attention_mask=mask)
-        return model(resid, start_at_layer=start_at_layer, attention_mask=mask)
+        kwargs = {"past_kv_cache": past_kv_cache} if past_kv_cache is not None else {}
+        return model(resid, start_at_layer=start_at_layer, attention_mask=mask, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
