@@ -304,8 +304,9 @@ def ablate(
     def length(ri: tuple[int, int]) -> int:
         return len(per_ref[ri[0]][ri[1]].layout or refs[ri[0]].layout)
 
-    # Rows that start at the same layer after similar shared prefixes go together.
-    items.sort(key=lambda ri: (per_ref[ri[0]][ri[1]].start_layer, shared[ri], length(ri)))
+    # A source's rows go together (one length, one shared prefix: no pads, nothing
+    # recomputed), sources by length, and within a source the rows by start layer.
+    items.sort(key=lambda ri: (length(ri), shared[ri], ri[0], per_ref[ri[0]][ri[1]].start_layer))
     longest = max((length(ri) for ri in items), default=1)
     rows = max(1, min(batch_size, replay_rows(model, longest, None, memory_budget)))
     for begin in range(0, len(items), rows):
