@@ -60,13 +60,26 @@ def run_once(checkout: Path, config: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
+SETTINGS = ("threshold", "isolate", "next_from", "max_steps", "max_parallel")
+
+
 def run_sets(out: Path) -> dict[str, list[list[int]]]:
-    """run id -> the token ids of every step's set."""
+    """(prompt, settings) -> the token ids of every step's set. Keyed by what the run
+    is, not by its id, whose scheme changed between the commits."""
     sets = {}
     for meta in sorted((out / "runs").glob("*/run.json")):
-        steps = json.loads(meta.read_text())["steps"]
-        sets[meta.parent.name] = [s["tokens"] for s in steps]
+        run = json.loads(meta.read_text())
+        config = run.get("config") or {}
+        key = json.dumps([run.get("prompt"), *(config.get(k) for k in SETTINGS)])
+        sets[key] = [s["tokens"] for s in run["steps"]]
     return sets
+
+
+def headline(out: Path) -> dict[str, float | None]:
+    """The figures both sides' summary.json carry under the same names (ablations)."""
+    summary = json.loads((out / "summary.json").read_text())
+    keys = ("kl_vis_iso_members", "kl_vis_iso_next", "n_prompts")
+    return {k: summary[k] for k in keys if isinstance(summary.get(k), int | float)}
 
 
 def main() -> int:
@@ -91,12 +104,14 @@ def main() -> int:
             times: dict[str, list[float]] = {"base": [], "head": []}
             loads: dict[str, list[float]] = {"base": [], "head": []}
             sets: dict[str, dict[str, list[list[int]]]] = {}
+            figures: dict[str, dict[str, float | None]] = {}
             for r in range(args.rounds):
                 for side in ("base", "head") if r % 2 == 0 else ("head", "base"):
                     out = tmp_dir / f"{side}-{r}"
                     loads[side].append(round(os.getloadavg()[0], 2))
                     times[side].append(run_once(sides[side], config, out))
                     sets.setdefault(side, run_sets(out))
+                    figures.setdefault(side, headline(out))
                     print(f"round {r} {side}: {times[side][-1]:.1f} s (load {loads[side][-1]})")
         finally:
             subprocess.run(
@@ -115,6 +130,7 @@ def main() -> int:
         "same_sets": same,
         "seconds": times,
         "load_before": loads,
+        "figures": figures,
         "speedup_median": statistics.median(times["base"]) / statistics.median(times["head"]),
         "speedup_range": [min(ratios), max(ratios)],
     }

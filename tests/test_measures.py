@@ -179,3 +179,23 @@ def test_pattern_difference_excluding_siblings():
     }
     with pytest.raises(TempoError):
         M.pattern_difference(a, b, exclude=sib[:1])
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_replay_many_equals_one_by_one(isolate):
+    """The sweep's batched replays: each layout of a padded batch (three lengths) gives
+    the logits and every layer's pattern of its own replay."""
+    model = tiny_model("llama")
+    layouts = [
+        Layout.from_sets(PROMPT, SETS),
+        Layout.from_sets(PROMPT[:2], SETS[:2]),
+        Layout.from_sets(PROMPT, SETS[:3]),
+    ]
+    many = M.replay_many(model, layouts, isolate)
+    for layout, (logits, acts) in zip(layouts, many, strict=True):
+        want_logits, want_acts = M.replay(model, layout, isolate)
+        assert logits.shape == want_logits.shape == (len(layout), model.cfg.d_vocab)
+        assert torch.allclose(logits, want_logits, atol=1e-5, rtol=0)
+        pattern = acts["hook_pattern"]
+        assert pattern.shape == (model.cfg.n_layers, model.cfg.n_heads, len(layout), len(layout))
+        assert torch.allclose(pattern, want_acts["hook_pattern"], atol=1e-6, rtol=0)

@@ -28,17 +28,32 @@ from tempo_lens.layout import Layout, ParallelSet
 TOPK = (1, 5, 10, 20)
 
 
+Replayed = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
 def replay(
     model: Any, layout: Layout, isolate: bool, names: Sequence[str] = ("hook_pattern",)
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> Replayed:
     """Logits `[n, vocab]` and every layer's `names` stacked `[layers, ...]` (batch
     dropped), from one forward of `layout` under the chosen mask."""
-    logits, cache = forward(model, layout, isolate=isolate, cache=list(names) if names else None)
-    stacked: dict[str, torch.Tensor] = {}
-    for name in names:
-        acts = [cache[f"blocks.{i}.attn.{name}"][0] for i in range(model.cfg.n_layers)]
-        stacked[name] = torch.stack(acts).double()
-    return logits[0].double(), stacked
+    return replay_many(model, [layout], isolate, names)[0]
+
+
+def replay_many(
+    model: Any, layouts: Sequence[Layout], isolate: bool, names: Sequence[str] = ("hook_pattern",)
+) -> list[Replayed]:
+    """`replay` of every layout, in batched forwards (`tempo_lens.forward` of the list)."""
+    logits, caches = forward(
+        model, list(layouts), isolate=isolate, cache=list(names) if names else None
+    )
+    out = []
+    for b, row in enumerate(logits):
+        stacked: dict[str, torch.Tensor] = {}
+        for name in names:
+            acts = [caches[b][f"blocks.{i}.attn.{name}"][0] for i in range(model.cfg.n_layers)]
+            stacked[name] = torch.stack(acts).double()
+        out.append((row[0].double(), stacked))
+    return out
 
 
 def step_distributions(

@@ -28,7 +28,7 @@ from tempo_lens.analysis.experiments.markdown import (
     table,
 )
 from tempo_lens.analysis.experiments.plots import save_plot
-from tempo_lens.analysis.experiments.runs import RunSpec, ensure_runs, grid, pairs
+from tempo_lens.analysis.experiments.runs import RunSpec, bar, ensure_runs, grid, pairs
 from tempo_lens.errors import TempoError
 from tempo_lens.run import TempoRun
 
@@ -57,16 +57,56 @@ def _mean(v: list[float]) -> float | None:
     return float(np.mean(v)) if len(v) else None
 
 
+PAIR_BATCH = 16  # pairs whose replays share one batched forward per mask
+
+
+def analyse_pairs(
+    model: Any,
+    pairs: list[tuple[TempoRun, TempoRun, str]],
+    *,
+    detail: bool,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """`analyse_pair` of many (isolated, visible, next_from) pairs, their replays run
+    `PAIR_BATCH` pairs at a time in batched forwards (`measures.replay_many`)."""
+    out: list[dict[str, Any]] = []
+    with bar([], progress, "pairs", total=len(pairs)) as done:
+        for i in range(0, len(pairs), PAIR_BATCH):
+            part = pairs[i : i + PAIR_BATCH]
+            ii = M.replay_many(model, [iso.layout for iso, _, _ in part], True)
+            iv = M.replay_many(model, [iso.layout for iso, _, _ in part], False)
+            vv = M.replay_many(model, [vis.layout for _, vis, _ in part], False)
+            for (iso, vis, next_from), replays in zip(
+                part, zip(ii, iv, vv, strict=True), strict=True
+            ):
+                out.append(_analyse(iso, vis, next_from, replays, detail=detail))
+            done.update(len(part))
+    return out
+
+
+def _analysed_pairs(model: Any, runs: Any, section: Section) -> list[tuple]:
+    """(spec, iso, vis, `analyse_pair` with detail) of every pair of the section's runs."""
+    trios = list(_pair_runs(runs, section))
+    done = analyse_pairs(
+        model, [(iso, vis, spec.next_from) for spec, iso, vis in trios], detail=True
+    )
+    return [(*trio, res) for trio, res in zip(trios, done, strict=True)]
+
+
 def analyse_pair(
     model: Any, iso: TempoRun, vis: TempoRun, next_from: str, *, detail: bool
 ) -> dict[str, Any]:
     """Everything one (isolated, visible) pair answers. Three replays: the isolated
     layout under both masks (forced comparison) and the visible layout under its own
     mask (free-running comparison, equal to the generation's own forwards)."""
+    return analyse_pairs(model, [(iso, vis, next_from)], detail=detail)[0]
+
+
+def _analyse(
+    iso: TempoRun, vis: TempoRun, next_from: str, replays: tuple, *, detail: bool
+) -> dict[str, Any]:
     li, lv = iso.layout, vis.layout
-    logit_ii, pat_ii = M.replay(model, li, True)
-    logit_iv, pat_iv = M.replay(model, li, False)
-    logit_vv, pat_vv = M.replay(model, lv, False)
+    (logit_ii, pat_ii), (logit_iv, pat_iv), (logit_vv, pat_vv) = replays
     p_ii = pat_ii["hook_pattern"]
     p_iv = pat_iv["hook_pattern"]
     p_vv = pat_vv["hook_pattern"]
@@ -191,8 +231,7 @@ def attention_kind(model: Any, section: Section, out_dir: Path, progress: bool) 
         model, section, out_dir, progress, modes=["isolated", "visible"], cache=["hook_pattern"]
     )
     results = []
-    for spec, iso, vis in _pair_runs(runs, section):
-        res = analyse_pair(model, iso, vis, spec.next_from, detail=True)
+    for spec, iso, vis, res in _analysed_pairs(model, runs, section):
         res["free_running"] = rounded(_free_running_attention(iso, vis, res["divergence_step"]))
         results.append(
             {"prompt": spec.prompt, "threshold": spec.threshold, "next_from": spec.next_from, **res}
@@ -312,8 +351,7 @@ def logits_kind(model: Any, section: Section, out_dir: Path, progress: bool) -> 
         model, section, out_dir, progress, modes=["isolated", "visible"], keep_logits=True
     )
     results = []
-    for spec, iso, vis in _pair_runs(runs, section):
-        res = analyse_pair(model, iso, vis, spec.next_from, detail=True)
+    for spec, iso, _vis, res in _analysed_pairs(model, runs, section):
         saved = M.step_distributions(torch.cat(iso.logits), iso.layout, iso.steps, spec.next_from)
         replayed, _ = M.replay(model, iso.layout, True, ())
         again = M.step_distributions(replayed, iso.layout, iso.steps, spec.next_from)
@@ -482,8 +520,7 @@ def high_parallelism_kind(model: Any, section: Section, out_dir: Path, progress:
     """Low threshold, big sets: do the modes still agree, and at what cost?"""
     runs = ensure_runs(model, section, out_dir, progress, modes=["isolated", "visible"])
     results = []
-    for spec, iso, vis in _pair_runs(runs, section):
-        res = analyse_pair(model, iso, vis, spec.next_from, detail=True)
+    for spec, _iso, _vis, res in _analysed_pairs(model, runs, section):
         results.append(
             {"prompt": spec.prompt, "threshold": spec.threshold, "next_from": spec.next_from, **res}
         )

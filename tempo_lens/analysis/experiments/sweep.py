@@ -21,7 +21,7 @@ from tempo_lens.analysis.experiments.kind import Count, Kind, Unit
 from tempo_lens.analysis.experiments.markdown import fmt, rounded, table
 from tempo_lens.analysis.experiments.plots import save_plot
 from tempo_lens.analysis.experiments.runs import bar, ensure_runs, pairs
-from tempo_lens.analysis.experiments.seed_kinds import TimingKeys, analyse_pair
+from tempo_lens.analysis.experiments.seed_kinds import TimingKeys, analyse_pairs
 
 RATIOS = ("token_in", "token_out", "set_in", "set_out")
 
@@ -241,8 +241,13 @@ def sweep_kind(
     }
     records: dict[str, list[dict[str, Any]]] = {}
     per_pair = []
-    for iso, vis in bar(done, progress, "pairs"):
-        res = analyse_pair(model, runs[iso.run_id], runs[vis.run_id], iso.next_from, detail=False)
+    results = analyse_pairs(
+        model,
+        [(runs[iso.run_id], runs[vis.run_id], iso.next_from) for iso, vis in done],
+        detail=False,
+        progress=progress,
+    )
+    for (iso, _), res in zip(done, results, strict=True):
         key = f"t{iso.threshold:g}/{iso.next_from}"
         records.setdefault(key, []).append(res)
         per_pair.append(
