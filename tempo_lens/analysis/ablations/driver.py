@@ -5,7 +5,11 @@ Every family in this package only says which variants to replay (a `Variant`: an
 masked block with a per-layer, per-head bias, other positions, an activation patch, where
 the replay may start) and what to measure; `ablate` replays all (source, variant) pairs
 in padded batches under the replay memory budget, each row starting at the first layer
-where it differs from a reference replay.
+where it differs from a reference replay, and after the leading rows it shares with them:
+rows before the first one that sees a sibling (or a key the variant hides) compute the
+same under every mask, so a variant reads their keys and values from the isolated
+replay (a frozen TransformerLens KV cache) and takes their logits from it. A variant
+that is one of the reference replays is that replay; repeated variants run once.
 
 The references are each source's fully isolated and fully visible replays (`Replays`).
 Rows compared: every generated token's own next-token distribution ("members") and each
@@ -279,9 +283,10 @@ def ablate(
     `metric(replays, logits)`; per source a tensor `[n_variants, *metric_shape]`
     (`replays`: the sources' `Replays` when the caller already has them).
 
-    (source, variant) rows are sorted by start layer and replayed in padded batches of
-    at most `batch_size` rows (fewer when `memory_budget` bytes allow fewer), each batch
-    from its earliest start layer."""
+    (source, variant) rows are sorted by source length, source and start layer and
+    replayed in batches of at most `batch_size` rows (fewer when `memory_budget` bytes
+    allow fewer), each batch from its earliest start layer and after the fewest rows any
+    of its rows shares with its references."""
     sources, _ = as_sources(source)
     refs = list(replays) if replays is not None else Replays.of(model, sources)
     per_ref = [list(variants(ref)) for ref in refs]
