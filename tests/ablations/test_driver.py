@@ -68,3 +68,22 @@ def test_patch_writes_the_given_activation(case):
 
     out = ab.ablate(model, [run, run], variants)
     assert all(float(d[0, 1]) < 1e-9 for d in out)  # the visible replay, rebuilt
+
+
+def test_a_start_layer_is_part_of_the_variant(case):
+    """Nothing hidden, but started from the isolated replay at layer 1: isolated at layer 0
+    and visible after, which is neither reference replay (nor the same as when started
+    from the visible one)."""
+    model, run = case
+    layout = run.layout
+    layer0 = tl.isolation_hooks(layout, layers=[0])
+    want = tl.forward(model, layout, isolate=False, fwd_hooks=layer0)
+    vis = tl.forward(model, layout, isolate=False)[0][0]
+
+    def variants(ref):
+        return [ab.Variant(start_layer=1), ab.Variant(start_layer=1, start_isolated=False)]
+
+    got = ab.ablate(model, run, variants, lambda ref, x: x.double())[0]
+    assert torch.allclose(got[0], want[0][0].double(), atol=1e-4, rtol=0)
+    assert torch.allclose(got[1], vis.double(), atol=1e-4, rtol=0)
+    assert not torch.allclose(got[0], got[1], atol=1e-3)

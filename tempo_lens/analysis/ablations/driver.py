@@ -188,10 +188,12 @@ class Replays:
         if variant.layout is not None or variant.patch is not None:
             return None
         bias = torch.as_tensor(variant.bias)
+        starts_iso = variant.start_layer > 0 and variant.start_isolated
+        starts_vis = variant.start_layer > 0 and not variant.start_isolated
         if variant.hidden is None or not bool(variant.hidden.any()) or bool((bias == 0).all()):
-            return self.vis_logits
+            return None if starts_iso else self.vis_logits
         if bool(torch.isneginf(bias).all()) and torch.equal(variant.hidden, self.layout.same_set()):
-            return self.iso_logits
+            return None if starts_vis else self.iso_logits
         return None
 
     def shared_rows(self, variant: Variant) -> int:
@@ -336,7 +338,8 @@ def _variant_key(source: int, v: Variant) -> tuple | None:
     if v.layout is not None or v.patch is not None:
         return None
     bias = torch.as_tensor(v.bias, dtype=torch.float64)
-    return (source, id(v.hidden), bias.shape, bias.numpy().tobytes(), v.start_layer)
+    start = (v.start_layer, v.start_isolated) if v.start_layer > 0 else (0,)
+    return (source, id(v.hidden), bias.shape, bias.numpy().tobytes(), *start)
 
 
 def _replay_chunk(
