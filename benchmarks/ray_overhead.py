@@ -40,7 +40,14 @@ from tempo_lens.analysis.experiments.config import load_config
 from tempo_lens.analysis.experiments.engines import InProcessEngine, RayEngine, model_identity
 from tempo_lens.analysis.experiments.runs import RunOptions, batch_rows, grid, work_units
 from tempo_lens.analysis.stats import bootstrap_ci
+from tempo_lens.errors import TempoError
 from tempo_lens.generate import tokenize
+from tempo_lens.storage import result_target, write_file_atomic
+
+RESULT_KEYS = (
+    "ray_init_s",
+    "goal",
+)  # an earlier result has these (--out replaces it)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +72,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    try:  # refused before any work
+        out = result_target(args.out, RESULT_KEYS) if args.out else None
+    except TempoError as err:
+        parser.error(str(err))
 
     import ray
 
@@ -147,8 +158,8 @@ def main() -> None:
     }
     text = json.dumps(result, indent=1)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out is not None:
+        write_file_atomic(out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,11 @@ from pathlib import Path
 
 import yaml
 
+from tempo_lens.errors import TempoError
+from tempo_lens.storage import result_target, write_file_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
+RESULT_KEYS = ("config", "speedup_median")  # what an earlier result has (`--json` replaces it)
 BASE = "88a9d22"  # "Experiments: work units ..." — the parent of the batched-TEMPO commit
 
 # Run the CLI of the checkout at argv[1], not the editable install of this one.
@@ -90,6 +94,10 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args()
+    try:  # refused before any work
+        out = result_target(args.json, RESULT_KEYS) if args.json else None
+    except TempoError as err:
+        p.error(str(err))
     with tempfile.TemporaryDirectory(prefix="tempo-speedup-") as tmp:
         tmp_dir = Path(tmp)
         base_tree = tmp_dir / "base"
@@ -135,8 +143,8 @@ def main() -> int:
         "speedup_range": [min(ratios), max(ratios)],
     }
     print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if out is not None:
+        write_file_atomic(out, json.dumps(result, indent=2) + "\n")
     return 0
 
 

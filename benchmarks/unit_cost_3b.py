@@ -36,7 +36,11 @@ from benchmarks.gpu_scale_check import COGITO_3B
 from tempo_lens import generate, load_model
 from tempo_lens.analysis.experiments.config import load_config
 from tempo_lens.analysis.experiments.runs import RunOptions, batch_rows, grid, work_units
+from tempo_lens.errors import TempoError
 from tempo_lens.generate import tokenize
+from tempo_lens.storage import result_target, write_file_atomic
+
+RESULT_KEYS = ("sweep_cpu_hours_one_worker",)  # an earlier result has these (--out replaces it)
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL_LAYERS = 28
@@ -63,6 +67,10 @@ def main() -> None:
     )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    try:  # refused before any work
+        out = result_target(args.out, RESULT_KEYS) if args.out else None
+    except TempoError as err:
+        parser.error(str(err))
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
 
@@ -123,8 +131,8 @@ def main() -> None:
     }
     text = json.dumps(result, indent=1)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out is not None:
+        write_file_atomic(out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -451,6 +451,26 @@ def write_file_atomic(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    return t
+
+
+def result_target(path: str | os.PathLike, keys: Sequence[str]) -> Path:
+    """Check, before any work, where a benchmark script may write its JSON result: a new
+    file, or an earlier result of the same script (a JSON object with all of `keys`);
+    anything else there is refused, naming the path. Write it with `write_file_atomic`."""
+    t = Path(os.path.abspath(os.fspath(path)))
+    if t.is_dir():
+        raise TempoError(f"{path} is a directory; give a file path such as result.json")
+    if t.exists():
+        try:
+            earlier = json.loads(t.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            earlier = None
+        if not isinstance(earlier, dict) or not set(keys) <= set(earlier):
+            raise TempoError(
+                f"{path} already exists and is not an earlier result of this benchmark; "
+                "nothing was written (give a new file path, or remove it yourself)"
+            )
     return t
 
 

@@ -181,3 +181,24 @@ def test_legacy_artefacts_without_marker_are_recognised(tmp_path):
     assert artefact_kind(d) == "run"
     (d / "run.json").write_text('{"prompt": 1}')
     assert artefact_kind(d) is None
+
+
+def test_a_benchmark_result_replaces_only_an_earlier_result(tmp_path):
+    """`result_target`: a benchmark's --out may be new or an earlier result of the same
+    script (a JSON object with its keys); a user's file or a directory is refused and
+    left as it was."""
+    from tempo_lens.storage import result_target
+
+    keys = ("config", "speedup_median")
+    assert result_target(tmp_path / "new.json", keys) == tmp_path / "new.json"
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text('{"config": "x", "speedup_median": 2.0, "more": 1}')
+    assert result_target(earlier, keys) == earlier
+    for text in ('{"config": "x"}', "[1, 2]", "notes, not JSON", "\udcff"):
+        mine = tmp_path / "mine.json"
+        mine.write_text(text, errors="surrogateescape")
+        with pytest.raises(TempoError, match="not an earlier result of this benchmark"):
+            result_target(mine, keys)
+        assert mine.read_text(errors="surrogateescape") == text
+    with pytest.raises(TempoError, match="is a directory"):
+        result_target(tmp_path, keys)
