@@ -95,7 +95,7 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args()
     try:  # refused before any work
-        out = result_target(args.json, RESULT_KEYS) if args.json else None
+        result_file = result_target(args.json, RESULT_KEYS) if args.json else None
     except TempoError as err:
         p.error(str(err))
     with tempfile.TemporaryDirectory(prefix="tempo-speedup-") as tmp:
@@ -143,8 +143,8 @@ def main() -> int:
         "speedup_range": [min(ratios), max(ratios)],
     }
     print(json.dumps(result, indent=2))
-    if out is not None:
-        write_file_atomic(out, json.dumps(result, indent=2) + "\n")
+    if result_file is not None:
+        write_file_atomic(result_file, json.dumps(result, indent=2) + "\n")
     return 0
 
 

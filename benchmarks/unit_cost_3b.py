@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     try:  # refused before any work
-        out = result_target(args.out, RESULT_KEYS) if args.out else None
+        result_file = result_target(args.out, RESULT_KEYS) if args.out else None
     except TempoError as err:
         parser.error(str(err))
     torch.set_grad_enabled(False)
@@ -131,8 +131,8 @@ def main() -> None:
     }
     text = json.dumps(result, indent=1)
     print(text)
-    if out is not None:
-        write_file_atomic(out, text + "\n")
+    if result_file is not None:
+        write_file_atomic(result_file, text + "\n")
 
 
 if __name__ == "__main__":

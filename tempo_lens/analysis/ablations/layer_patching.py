@@ -150,13 +150,18 @@ def _prompt_names(sources: Sequence[Source]) -> list[str]:
 
 
 def layer_patching(
-    model: Model, source: Source | Sequence[Source], *, batch_size: int = 16
+    model: Model,
+    source: Source | Sequence[Source],
+    *,
+    batch_size: int = 16,
+    replays: Sequence[Replays] | None = None,
 ) -> LayerPatching:
     """Replay every source with isolation removed at exactly one layer L, at 0..L and at
-    L..end, for every L (3 × n_layers replays per source, batched with the sources)."""
+    L..end, for every L (3 × n_layers replays per source, batched with the sources;
+    `replays`: the sources' `Replays` when the caller already has them)."""
     sources, _ = as_sources(source)
     cfg = model.cfg
-    refs = Replays.of(model, sources)
+    refs = list(replays) if replays is not None else Replays.of(model, sources)
     bias = layer_schedules(cfg.n_layers, cfg.n_heads)
     per = schedule_sweep(model, sources, bias, batch_size=batch_size, replays=refs)
     baseline = torch.stack([ref.distances(ref.iso_logits) for ref in refs])
@@ -203,14 +208,19 @@ class HeadPatching:
 
 
 def head_patching(
-    model: Model, source: Source | Sequence[Source], layers: Iterable[int], *, batch_size: int = 16
+    model: Model,
+    source: Source | Sequence[Source],
+    layers: Iterable[int],
+    *,
+    batch_size: int = 16,
+    replays: Sequence[Replays] | None = None,
 ) -> HeadPatching:
     """Isolation removed at one head of each of `layers`, every other head isolated."""
     sources, _ = as_sources(source)
     layers = list(layers)
     cfg = model.cfg
     bias = head_schedules(cfg.n_layers, cfg.n_heads, layers)
-    per = schedule_sweep(model, sources, bias, batch_size=batch_size)
+    per = schedule_sweep(model, sources, bias, batch_size=batch_size, replays=replays)
     kl_iso = torch.stack([d[:, 0].reshape(len(layers), cfg.n_heads) for d in per])
     return HeadPatching(_prompt_names(sources), layers, kl_iso)
 
@@ -229,10 +239,11 @@ def study_layer_patching(
     model: Model, runs: list[TempoRun], keys: LayerPatchingKeys, out_dir: Path
 ) -> dict:
     """Isolation removed per layer (single, 0..L, L..end) and per head of the top layers."""
-    result = layer_patching(model, runs, batch_size=keys.batch_size)
+    refs = Replays.of(model, runs)  # the reference replays, for both studies
+    result = layer_patching(model, runs, batch_size=keys.batch_size, replays=refs)
     summary = result.summary()
     top = result.ranked_layers()[: keys.head_layers]
-    heads = head_patching(model, runs, top, batch_size=keys.batch_size)
+    heads = head_patching(model, runs, top, batch_size=keys.batch_size, replays=refs)
     result.plot().savefig(out_dir / "layer_curves.png", dpi=110)
     heads.plot().savefig(out_dir / "head_heatmap.png", dpi=110)
     write_json_atomic(out_dir / "per_prompt.json", jsonable(result.to_pandas().to_dict("records")))
