@@ -44,10 +44,8 @@ from tempo_lens.errors import TempoError
 from tempo_lens.generate import tokenize
 from tempo_lens.storage import result_target, write_file_atomic
 
-RESULT_KEYS = (
-    "ray_init_s",
-    "goal",
-)  # an earlier result has these (--out replaces it)
+# what an earlier result of this script has (--out may replace it)
+RESULT_KEYS = ("ray_init_s", "goal")
 
 ROOT = Path(__file__).resolve().parents[1]
 

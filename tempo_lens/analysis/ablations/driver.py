@@ -185,7 +185,7 @@ class Replays:
     def replay_of(self, variant: Variant) -> torch.Tensor | None:
         """The reference replay's logits when `variant` is exactly it (the visible one:
         nothing hidden; the isolated one: siblings hidden everywhere), else None."""
-        if variant.layout is not None or variant.patch is not None:
+        if not variant.on_source_inputs:
             return None
         bias = torch.as_tensor(variant.bias)
         starts_iso = variant.start_layer > 0 and variant.start_isolated
@@ -199,7 +199,7 @@ class Replays:
     def shared_rows(self, variant: Variant) -> int:
         """How many leading rows `variant` computes exactly as the reference replays do
         (its own layout and patches share none; at least one row is left to compute)."""
-        if variant.layout is not None or variant.patch is not None:
+        if not variant.on_source_inputs:
             return 0
         p = self.shared
         if variant.hidden is not None:
@@ -266,6 +266,12 @@ class Variant:
     patch: Patch | None = None
     start_layer: int = 0
     start_isolated: bool = True
+
+    @property
+    def on_source_inputs(self) -> bool:
+        """Whether it runs on the source's own positions and activations (no `layout`,
+        no `patch`): only then can it share rows with, or be, a reference replay."""
+        return self.layout is None and self.patch is None
 
 
 VariantFn = Callable[[Replays], Sequence[Variant]]
@@ -335,7 +341,7 @@ def ablate(
 
 def _variant_key(source: int, v: Variant) -> tuple | None:
     """What makes two variants of one source the same replay (None: not comparable)."""
-    if v.layout is not None or v.patch is not None:
+    if not v.on_source_inputs:
         return None
     bias = torch.as_tensor(v.bias, dtype=torch.float64)
     start = (v.start_layer, v.start_isolated) if v.start_layer > 0 else (0,)
