@@ -8,6 +8,7 @@ its range over rounds, and how many runs chose the same sets at every step.
 
     python benchmarks/speedup.py experiments/sweep.yaml --max-prompts 16 --rounds 2
     python benchmarks/speedup.py experiments/ablations/layer_patching.yaml --max-prompts 6
+    python benchmarks/speedup.py experiments/sweep.yaml --rounds 1 --keep runs/speedup_sweep
 
 `--base` (default: the commit before batched TEMPO) is checked out as a detached git
 worktree in a temporary directory; both sides use this environment's packages.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -79,11 +81,19 @@ def run_sets(out: Path) -> dict[str, list[list[int]]]:
     return sets
 
 
+SWEEP_FIGURES = ("forced_kl_mean", "free_kl_mean", "forced_attention_corr", "divergence_step")
+
+
 def headline(out: Path) -> dict[str, float | None]:
-    """The figures both sides' summary.json carry under the same names (ablations)."""
+    """The figures both sides' summary.json carry under the same names: an ablation's
+    KLs, or the sweep's means at every setting (`<setting>/<figure>`)."""
     summary = json.loads((out / "summary.json").read_text())
     keys = ("kl_vis_iso_members", "kl_vis_iso_next", "n_prompts")
-    return {k: summary[k] for k in keys if isinstance(summary.get(k), int | float)}
+    found = {k: summary[k] for k in keys if isinstance(summary.get(k), int | float)}
+    for setting, blocks in (summary.get("configs") or {}).items():
+        for k in SWEEP_FIGURES:
+            found[f"{setting}/{k}"] = (blocks.get("all", {}).get(k) or {}).get("mean")
+    return found
 
 
 def main() -> int:
@@ -93,11 +103,19 @@ def main() -> int:
     p.add_argument("--max-prompts", type=int, default=None)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="a new directory to keep both sides' experiment outputs in (<side>-<round>/)",
+    )
     args = p.parse_args()
     try:  # refused before any work
         result_file = result_target(args.json, RESULT_KEYS) if args.json else None
     except TempoError as err:
         p.error(str(err))
+    if args.keep is not None and args.keep.exists():
+        p.error(f"--keep {args.keep} exists; name a new directory")
     with tempfile.TemporaryDirectory(prefix="tempo-speedup-") as tmp:
         tmp_dir = Path(tmp)
         base_tree = tmp_dir / "base"
@@ -120,6 +138,8 @@ def main() -> int:
                     times[side].append(run_once(sides[side], config, out))
                     sets.setdefault(side, run_sets(out))
                     figures.setdefault(side, headline(out))
+                    if args.keep is not None:
+                        shutil.copytree(out, args.keep / out.name)
                     print(f"round {r} {side}: {times[side][-1]:.1f} s (load {loads[side][-1]})")
         finally:
             subprocess.run(

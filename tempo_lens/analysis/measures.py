@@ -69,18 +69,18 @@ def step_distributions(
     return torch.stack(rows)
 
 
+def _log_rows(p: torch.Tensor) -> torch.Tensor:
+    return p.double().clamp_min(1e-300).log()
+
+
 def distribution_distances(p: torch.Tensor, q: torch.Tensor) -> dict[str, list[float]]:
     """Per row: KL(p||q), JS, cosine and top-k overlap (k in TOPK) of probability rows."""
-    lp = p.double().clamp_min(1e-300).log()
-    lq = q.double().clamp_min(1e-300).log()
-    out = {
-        "kl": metrics.kl(lp, lq).tolist(),
-        "js": metrics.js(lp, lq).tolist(),
-        "cosine": metrics.cosine(lp, lq).tolist(),
-    }
-    for k in TOPK:
-        out[f"top{k}"] = metrics.topk_overlap(lp, lq, k).tolist()
-    return out
+    return {k: v.tolist() for k, v in metrics.distances(_log_rows(p), _log_rows(q), TOPK).items()}
+
+
+def distribution_kl(p: torch.Tensor, q: torch.Tensor) -> list[float]:
+    """Per row: KL(p||q) of probability rows (`distribution_distances`' "kl" alone)."""
+    return metrics.kl(_log_rows(p), _log_rows(q)).tolist()
 
 
 def divergence_step(a: Sequence[ParallelSet], b: Sequence[ParallelSet]) -> int | None:
@@ -356,9 +356,9 @@ def received_distance_regression(cells: ReceivedCells) -> dict[str, Any] | None:
         return beta, (1 - float((resid**2).sum()) / ss) if ss > 0 else 1.0
 
     beta, r2 = fit(att[positive].mean(1).log().numpy())
-    by_layer = [
-        float(np.exp(fit(att[positive, L].log().numpy())[0][2])) for L in range(att.shape[1])
-    ]
+    # one least-squares solve for every layer (one column of y each)
+    per_layer = np.linalg.lstsq(X, att[positive].log().numpy(), rcond=None)[0]
+    by_layer = np.exp(per_layer[2]).tolist()
     return {
         "per_step_pct": float((np.exp(beta[1]) - 1) * 100),
         "member_ratio": float(np.exp(beta[2])),

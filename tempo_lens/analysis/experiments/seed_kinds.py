@@ -68,20 +68,22 @@ def analyse_pairs(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """`analyse_pair` of many (isolated, visible, next_from) pairs, their replays run
-    `PAIR_BATCH` pairs at a time in batched forwards (`measures.replay_many`)."""
-    out: list[dict[str, Any]] = []
+    `PAIR_BATCH` pairs at a time in batched forwards (`measures.replay_many`), the pairs
+    taken by the length of their isolated layout (so a batch pads little); the results
+    come back in `pairs`' order."""
+    out: dict[int, dict[str, Any]] = {}
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0].layout))
     with bar([], progress, "pairs", total=len(pairs)) as done:
-        for i in range(0, len(pairs), PAIR_BATCH):
-            part = pairs[i : i + PAIR_BATCH]
-            ii = M.replay_many(model, [iso.layout for iso, _, _ in part], True)
-            iv = M.replay_many(model, [iso.layout for iso, _, _ in part], False)
-            vv = M.replay_many(model, [vis.layout for _, vis, _ in part], False)
-            for (iso, vis, next_from), replays in zip(
-                part, zip(ii, iv, vv, strict=True), strict=True
-            ):
-                out.append(_analyse(iso, vis, next_from, replays, detail=detail))
-            done.update(len(part))
-    return out
+        for start in range(0, len(pairs), PAIR_BATCH):
+            chosen = order[start : start + PAIR_BATCH]
+            isos = [pairs[i][0].layout for i in chosen]
+            ii = M.replay_many(model, isos, True)
+            iv = M.replay_many(model, isos, False)
+            vv = M.replay_many(model, [pairs[i][1].layout for i in chosen], False)
+            for i, replays in zip(chosen, zip(ii, iv, vv, strict=True), strict=True):
+                out[i] = _analyse(*pairs[i], replays, detail=detail)
+            done.update(len(chosen))
+    return [out[i] for i in range(len(pairs))]
 
 
 def _analysed_pairs(model: Any, runs: Any, section: Section) -> list[tuple]:
@@ -115,7 +117,7 @@ def _analyse(
     d_vv = M.step_distributions(logit_vv, lv, vis.steps, next_from)
     forced = M.distribution_distances(d_ii, d_iv)
     n_common = min(len(d_ii), len(d_vv))
-    free_kl = M.distribution_distances(d_ii[:n_common], d_vv[:n_common])["kl"]
+    free_kl = M.distribution_kl(d_ii[:n_common], d_vv[:n_common])
     div = M.divergence_step(iso.steps, vis.steps)
     rows = M.generated_rows(li)
     attn = M.pattern_difference(p_ii[:, :, rows], p_iv[:, :, rows])
