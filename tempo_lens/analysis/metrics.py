@@ -3,11 +3,12 @@ every function reduces over the last axis."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-LN2 = 0.6931471805599453
+LN2 = math.log(2.0)
 
 
 def _logp(logits: torch.Tensor) -> torch.Tensor:

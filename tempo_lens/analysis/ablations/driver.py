@@ -419,8 +419,8 @@ def replay(
     n_query = len(grid) if resid is None else resid.shape[1]
     hooks = mechanism_hooks(model, grid, isolate=False, n_query=n_query) + list(fwd_hooks)
     mask = torch.ones_like(tokens)
-    backend = backend_of(model)
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks), backend.forward_context(model):
+    context = backend_of(model).forward_context(model)  # hooked: TL's unmasked paths
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks), context:
         if resid is None:
             return model(tokens, attention_mask=mask)
         kwargs = {"past_kv_cache": past_kv_cache} if past_kv_cache is not None else {}
