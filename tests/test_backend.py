@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from tempo_lens.backend import unmasked_attention
+from tempo_lens.backend import backend_of, unmasked_attention
 
 
 def _masked_step(model, tokens, cache):
@@ -14,16 +16,14 @@ def _masked_step(model, tokens, cache):
 
 
 def test_unmasked_attention_equals_tls_masked_path_and_restores(tiny_pair) -> None:
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
     model = tiny_pair[0]
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.cfg.d_vocab, (3, 9), generator=g).to(model.cfg.device)
     step = torch.randint(0, model.cfg.d_vocab, (3, 2), generator=g).to(model.cfg.device)
     outs = []
     for fast in (False, True):
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 3)
-        with unmasked_attention(model) if fast else torch.no_grad():
+        cache = backend_of(model).new_cache(model, 3)
+        with unmasked_attention(model) if fast else contextlib.nullcontext():
             if fast:  # nested use: the outer context owns the blocks
                 with unmasked_attention(model):
                     pass
