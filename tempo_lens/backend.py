@@ -164,7 +164,7 @@ class HookedBackend(Backend):
         return {"attention_mask": ones, "past_kv_cache": cache}
 
     def forward_context(self, model: Model) -> contextlib.AbstractContextManager[None]:
-        return unmasked_attention(model)
+        return fast_attention(model)
 
     def keep(self, cache: Any, rows: torch.Tensor, cols: torch.Tensor) -> None:
         """Keep batch rows `rows` and cached columns `cols` of the cache."""
@@ -178,21 +178,29 @@ class HookedBackend(Backend):
 
 
 @contextlib.contextmanager
-def unmasked_attention(model: Model) -> Iterator[None]:
-    """Inside: every attention block of a HookedTransformer takes TL's unmasked rotary
-    and causal-mask paths, whatever `attention_mask` the forward was given.
+def fast_attention(model: Model) -> Iterator[None]:
+    """Inside: every attention block of a HookedTransformer computes what TL's own path
+    computes, the cheaper way (`tests/test_backend.py`: every attention hook and the
+    logits equal to float32 rounding, since the grouped matmuls sum the same products in
+    another order; on the embedded model's batched step the logits are `torch.equal`):
 
-    Only for forwards given an all-ones `attention_mask` (every forward tempo_lens makes on
-    this backend: pads are hidden keys). With such a mask TL's masked paths compute the same
-    values at more cost, per layer and call: the rotary cos/sin gathered at cumsum
-    positions (`get_offset_position_ids`) instead of sliced, and the causal mask and-ed
-    with it. `docs/performance.md` measures the step 3.4 % cheaper, with logits
-    `torch.equal`. Nested use and a block whose methods are already replaced are left
-    alone; on exit every block is as before."""
+    - TL's unmasked rotary and causal-mask paths, whatever `attention_mask` the forward
+      was given. Only for forwards given an all-ones mask (every forward tempo_lens makes
+      on this backend: pads are hidden keys). With such a mask TL's masked paths compute
+      the same values at more cost, per layer and call: the rotary cos/sin gathered at
+      cumsum positions (`get_offset_position_ids`) instead of sliced, and the causal mask
+      and-ed with it.
+    - Grouped-query attention without `repeat_interleave`: TL copies every key and value
+      of the cache once per query head of its group, per layer and call; here each group's
+      queries meet their one key-value head in one batched matmul
+      (`grouped_attention_scores`, `grouped_z_scores`). Same hook points, shapes and values.
+
+    `docs/performance.md` measures both. Nested use and a block whose methods are already
+    replaced are left alone; on exit every block is as before."""
     done = []
     for block in getattr(model, "blocks", ()):
         attn = block.attn
-        if "apply_rotary" in vars(attn) or "apply_causal_mask" in vars(attn):
+        if any(name in vars(attn) for name in _FAST_ATTENTION):
             continue
         cls = type(attn)
 
@@ -204,13 +212,69 @@ def unmasked_attention(model: Model) -> Iterator[None]:
 
         # plain instance attributes (not nn.Module state), found before the class's methods
         vars(attn).update(apply_rotary=rotary, apply_causal_mask=causal)
+        if _groups_by_repeat(attn):
+            vars(attn).update(
+                calculate_attention_scores=lambda q, k, attn=attn: grouped_attention_scores(
+                    attn, q, k
+                ),
+                calculate_z_scores=lambda v, pattern, attn=attn: grouped_z_scores(attn, v, pattern),
+            )
         done.append(attn)
     try:
         yield
     finally:
         for attn in done:
-            vars(attn).pop("apply_rotary", None)
-            vars(attn).pop("apply_causal_mask", None)
+            for name in _FAST_ATTENTION:
+                vars(attn).pop(name, None)
+
+
+_FAST_ATTENTION = (
+    "apply_rotary",
+    "apply_causal_mask",
+    "calculate_attention_scores",
+    "calculate_z_scores",
+)
+
+
+def _groups_by_repeat(attn: Any) -> bool:
+    """Whether `attn` is TL's grouped-query attention as TL ships it: keys and values
+    `[batch, pos, kv_heads, d_head]`, repeated per query head when scores and z are made."""
+    from transformer_lens.components import GroupedQueryAttention
+
+    cls = type(attn)
+    return (
+        isinstance(attn, GroupedQueryAttention)
+        and not attn.cfg.ungroup_grouped_query_attention
+        and attn.repeat_kv_heads > 1
+        and cls.calculate_attention_scores is GroupedQueryAttention.calculate_attention_scores
+        and cls.calculate_z_scores is GroupedQueryAttention.calculate_z_scores
+    )
+
+
+def grouped_attention_scores(attn: Any, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """TL's grouped-query `calculate_attention_scores` (q `[b, q, heads, d]`, k
+    `[b, k, kv_heads, d]` -> `[b, heads, q, k]`, head h reading key head h // group) as one
+    matmul per key-value head over its group's queries, without repeating the keys."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    b, n_q, heads, d = q.shape
+    kv_heads, n_k = k.shape[2], k.shape[1]
+    group = heads // kv_heads
+    q_ = q.reshape(b, n_q, kv_heads, group, d).permute(0, 2, 3, 1, 4)
+    scores = q_.reshape(b, kv_heads, group * n_q, d) @ k.permute(0, 2, 3, 1)
+    scores = scores.view(b, heads, n_q, n_k) / attn.attn_scale
+    return apply_softcap(scores, attn.cfg.attn_scores_soft_cap)
+
+
+def grouped_z_scores(attn: Any, v: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """TL's grouped-query `calculate_z_scores` (v `[b, k, kv_heads, d]`, pattern
+    `[b, heads, q, k]` -> `hook_z` of `[b, q, heads, d]`) without repeating the values."""
+    b, heads, n_q, n_k = pattern.shape
+    kv_heads, d = v.shape[2], v.shape[3]
+    group = heads // kv_heads
+    z = pattern.reshape(b, kv_heads, group * n_q, n_k) @ v.permute(0, 2, 1, 3)
+    z = z.view(b, kv_heads, group, n_q, d).permute(0, 3, 1, 2, 4).reshape(b, n_q, heads, d)
+    return attn.hook_z(z)
 
 
 def hf_is_rotary(hf_model: torch.nn.Module) -> bool:

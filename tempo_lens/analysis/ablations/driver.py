@@ -419,7 +419,7 @@ def replay(
     n_query = len(grid) if resid is None else resid.shape[1]
     hooks = mechanism_hooks(model, grid, isolate=False, n_query=n_query) + list(fwd_hooks)
     mask = torch.ones_like(tokens)
-    context = backend_of(model).forward_context(model)  # hooked: TL's unmasked paths
+    context = backend_of(model).forward_context(model)  # hooked: `backend.fast_attention`
     with torch.no_grad(), model.hooks(fwd_hooks=hooks), context:
         if resid is None:
             return model(tokens, attention_mask=mask)
