@@ -25,6 +25,7 @@ import contextlib
 import importlib
 import importlib.metadata
 from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -204,8 +205,7 @@ def fast_attention(model: Model) -> Iterator[None]:
             continue
         cls = type(attn)
 
-        def rotary(x: Any, offset: int = 0, mask: Any = None, attn=attn, cls=cls) -> Any:
-            return cls.apply_rotary(attn, x, offset, None)
+        rotary = partial(_unmasked_rotary, attn, cls, *_rotary_parts(attn))
 
         def causal(scores: Any, offset: int = 0, mask: Any = None, attn=attn, cls=cls) -> Any:
             return cls.apply_causal_mask(attn, scores, offset, None)
@@ -214,10 +214,8 @@ def fast_attention(model: Model) -> Iterator[None]:
         vars(attn).update(apply_rotary=rotary, apply_causal_mask=causal)
         if _groups_by_repeat(attn):
             vars(attn).update(
-                calculate_attention_scores=lambda q, k, attn=attn: grouped_attention_scores(
-                    attn, q, k
-                ),
-                calculate_z_scores=lambda v, pattern, attn=attn: grouped_z_scores(attn, v, pattern),
+                calculate_attention_scores=partial(grouped_attention_scores, attn),
+                calculate_z_scores=partial(grouped_z_scores, attn),
             )
         done.append(attn)
     try:
@@ -234,6 +232,38 @@ _FAST_ATTENTION = (
     "calculate_attention_scores",
     "calculate_z_scores",
 )
+
+
+def _rotary_parts(attn: Any) -> tuple[Any, Any]:
+    """(permute, sign) of `attn`'s `rotate_every_two` for a rotary block, else (None, None)."""
+    if attn.cfg.positional_embedding_type != "rotary":
+        return None, None
+    from tempo_lens.hooks import rotate_every_two_parts
+
+    return rotate_every_two_parts(attn)
+
+
+def _unmasked_rotary(
+    attn: Any, cls: type, flip: Any, sign: Any, x: torch.Tensor, offset: int = 0, mask: Any = None
+) -> torch.Tensor:
+    """TL's `apply_rotary(x, offset)` on its unmasked path (the same values: x · cos +
+    rotate_every_two(x) · sin with the ±1 of `rotate_every_two` folded into sin, and no
+    copy of the un-rotated tail when the whole head rotates). Anything out of the common
+    case (dynamic NTK, a table to extend, another device) goes to TL's own method."""
+    n, rd = x.size(1), attn.cfg.rotary_dim
+    if (
+        flip is None
+        or (attn.cfg.use_dynamic_ntk_rope and not attn.training)
+        or offset + n > attn.rotary_cos.shape[0]
+        or x.device != attn.rotary_sin.device
+    ):
+        return cls.apply_rotary(attn, x, offset, None)
+    cos = attn.rotary_cos[None, offset : offset + n, None, :]
+    sin = attn.rotary_sin[None, offset : offset + n, None, :] * sign
+    if rd == x.size(-1):
+        return x * cos + flip(x) * sin
+    part = x[..., :rd]
+    return torch.cat([part * cos + flip(part) * sin, x[..., rd:]], dim=-1)
 
 
 def _groups_by_repeat(attn: Any) -> bool:
@@ -261,7 +291,11 @@ def grouped_attention_scores(attn: Any, q: torch.Tensor, k: torch.Tensor) -> tor
     kv_heads, n_k = k.shape[2], k.shape[1]
     group = heads // kv_heads
     q_ = q.reshape(b, n_q, kv_heads, group, d).permute(0, 2, 3, 1, 4)
-    scores = q_.reshape(b, kv_heads, group * n_q, d) @ k.permute(0, 2, 3, 1)
+    q_ = q_.reshape(b, kv_heads, group * n_q, d)
+    # one bmm per key-value head reads its keys in place (strided rows, no copy)
+    scores = torch.stack(
+        [torch.bmm(q_[:, h], k[:, :, h].transpose(1, 2)) for h in range(kv_heads)], dim=1
+    )
     scores = scores.view(b, heads, n_q, n_k) / attn.attn_scale
     return apply_softcap(scores, attn.cfg.attn_scores_soft_cap)
 
@@ -272,7 +306,8 @@ def grouped_z_scores(attn: Any, v: torch.Tensor, pattern: torch.Tensor) -> torch
     b, heads, n_q, n_k = pattern.shape
     kv_heads, d = v.shape[2], v.shape[3]
     group = heads // kv_heads
-    z = pattern.reshape(b, kv_heads, group * n_q, n_k) @ v.permute(0, 2, 1, 3)
+    pattern_ = pattern.reshape(b, kv_heads, group * n_q, n_k)
+    z = torch.stack([torch.bmm(pattern_[:, h], v[:, :, h]) for h in range(kv_heads)], dim=1)
     z = z.view(b, kv_heads, group, n_q, d).permute(0, 3, 1, 2, 4).reshape(b, n_q, heads, d)
     return attn.hook_z(z)
 
