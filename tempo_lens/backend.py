@@ -291,11 +291,7 @@ def grouped_attention_scores(attn: Any, q: torch.Tensor, k: torch.Tensor) -> tor
     kv_heads, n_k = k.shape[2], k.shape[1]
     group = heads // kv_heads
     q_ = q.reshape(b, n_q, kv_heads, group, d).permute(0, 2, 3, 1, 4)
-    q_ = q_.reshape(b, kv_heads, group * n_q, d)
-    # one bmm per key-value head reads its keys in place (strided rows, no copy)
-    scores = torch.stack(
-        [torch.bmm(q_[:, h], k[:, :, h].transpose(1, 2)) for h in range(kv_heads)], dim=1
-    )
+    scores = q_.reshape(b, kv_heads, group * n_q, d) @ k.permute(0, 2, 3, 1)
     scores = scores.view(b, heads, n_q, n_k) / attn.attn_scale
     return apply_softcap(scores, attn.cfg.attn_scores_soft_cap)
 
@@ -306,8 +302,7 @@ def grouped_z_scores(attn: Any, v: torch.Tensor, pattern: torch.Tensor) -> torch
     b, heads, n_q, n_k = pattern.shape
     kv_heads, d = v.shape[2], v.shape[3]
     group = heads // kv_heads
-    pattern_ = pattern.reshape(b, kv_heads, group * n_q, n_k)
-    z = torch.stack([torch.bmm(pattern_[:, h], v[:, :, h]) for h in range(kv_heads)], dim=1)
+    z = pattern.reshape(b, kv_heads, group * n_q, n_k) @ v.permute(0, 2, 1, 3)
     z = z.view(b, kv_heads, group, n_q, d).permute(0, 3, 1, 2, 4).reshape(b, n_q, heads, d)
     return attn.hook_z(z)
 
