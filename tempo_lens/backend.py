@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tempo_lens.errors import TempoError
-from tempo_lens.layout import LayoutBatch
+from tempo_lens.layout import PAD_STEP, LayoutBatch
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -126,8 +126,15 @@ class Backend:
         tokens, n = _query_block(batch, n_query)
         self.check_cache(cache, n - n_query if cache is not None else 0)
         kwargs = self.model_kwargs(model, batch, n_query, cache)
+        first, last = self.around_hooks(model, batch, n_query)
+        hooks = first + list(hooks) + last
         with torch.no_grad(), model.hooks(fwd_hooks=hooks), self.forward_context(model):
             return model(tokens.to(model.cfg.device), **kwargs)
+
+    def around_hooks(self, model: Model, batch: LayoutBatch, n_query: int) -> tuple[list, list]:
+        """Hooks of the backend's own that run before and after every given hook at their
+        hook points (none, unless a backend says)."""
+        return [], []
 
     def forward_context(self, model: Model) -> contextlib.AbstractContextManager[None]:
         """What surrounds every forward this backend makes (nothing, unless a backend says)."""
@@ -167,6 +174,9 @@ class HookedBackend(Backend):
     def forward_context(self, model: Model) -> contextlib.AbstractContextManager[None]:
         return fast_attention(model)
 
+    def around_hooks(self, model: Model, batch: LayoutBatch, n_query: int) -> tuple[list, list]:
+        return unembed_real_rows(model, batch, n_query)
+
     def keep(self, cache: Any, rows: torch.Tensor, cols: torch.Tensor) -> None:
         """Keep batch rows `rows` and cached columns `cols` of the cache."""
         for entry in cache.entries:
@@ -176,6 +186,34 @@ class HookedBackend(Backend):
             entry.past_values = entry.past_values[rows_dev][:, keep_cols]
         mask = cache.previous_attention_mask
         cache.previous_attention_mask = mask[rows.to(mask.device)][:, cols.to(mask.device)]
+
+
+def unembed_real_rows(model: Model, batch: LayoutBatch, n_query: int) -> tuple[list, list]:
+    """(first, last) hooks that unembed only the query block's real tokens: nothing reads
+    a pad's logits, and a batched step's pads (rows padded to the widest set, rows that
+    stopped) are often a third of its rows. The last hook at `unembed.hook_in` (after
+    every given one) keeps the real rows; the first at `unembed.hook_out` (before every
+    given one) puts their logits back on the `[batch, q, vocab]` grid, zeros at pads, so
+    every hook and the caller see TL's shapes. None when there are no pads, or when the
+    model carries hooks of its own at those points (they would see the other shape)."""
+    unembed = getattr(model, "unembed", None)
+    points = [getattr(unembed, name, None) for name in ("hook_in", "hook_out")]
+    if any(p is None or p._forward_hooks for p in points):
+        return [], []
+    real = batch.step[:, len(batch) - n_query :] != PAD_STEP
+    if bool(real.all()):
+        return [], []
+    real = real.to(model.cfg.device)
+
+    def keep(resid: torch.Tensor, hook: Any) -> torch.Tensor:
+        return resid[real]
+
+    def put_back(logits: torch.Tensor, hook: Any) -> torch.Tensor:
+        grid = logits.new_zeros(*real.shape, logits.shape[-1])
+        grid[real] = logits
+        return grid
+
+    return [("unembed.hook_out", put_back)], [("unembed.hook_in", keep)]
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import contextlib
 import torch
 
 from tempo_lens.backend import backend_of, fast_attention
+from tempo_lens.layout import PAD_STEP
 
 REPLACED = ("apply_rotary", "apply_causal_mask", "calculate_attention_scores", "calculate_z_scores")
 
@@ -54,3 +55,55 @@ def test_fast_attention_hooks_see_tls_own_values(tiny_pair) -> None:
     assert sorted(slow.keys()) == sorted(fast.keys()) and len(slow) >= 6 * model.cfg.n_layers
     for name in slow:
         torch.testing.assert_close(fast[name], slow[name], rtol=1e-6, atol=1e-5, msg=name)
+
+
+def _padded_batch():
+    from tempo_lens.layout import Layout, LayoutBatch
+
+    short = Layout.from_sets([1, 5, 6], [[7, 8]])
+    long = Layout.from_sets([1, 9, 10, 11], [[12], [13, 14, 15]])
+    return LayoutBatch.of([short, long]), [short, long]
+
+
+def test_unembed_real_rows_only_pads_zero_and_hooks_see_tls_shapes(tiny_pair) -> None:
+    """A padded forward unembeds only real tokens; every hook and the caller still see
+    `[batch, q, ·]`, pads' logits are zeros, and real rows equal each layout's own."""
+    from tempo_lens.generate import forward, mechanism_hooks
+
+    model = tiny_pair[0]
+    batch, layouts = _padded_batch()
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def shape(act: torch.Tensor, hook) -> None:
+        seen[hook.name] = tuple(act.shape)
+
+    user = [("unembed.hook_in", shape), ("unembed.hook_out", shape)]
+    hooks = mechanism_hooks(model, batch, True) + user
+    logits = backend_of(model).forward(model, batch, len(batch), hooks, None)
+    n = len(batch)
+    assert seen == {
+        "unembed.hook_in": (2, n, model.cfg.d_model),
+        "unembed.hook_out": (2, n, model.cfg.d_vocab),
+    }
+    pads = batch.step == PAD_STEP
+    assert int(pads.sum()) == n - len(layouts[0]) and bool((logits[pads] == 0).all())
+    for b, layout in enumerate(layouts):
+        own = forward(model, layout, isolate=True)[0][0]
+        torch.testing.assert_close(logits[b, batch.real_columns(b)], own, rtol=1e-5, atol=1e-5)
+
+
+def test_unembed_real_rows_steps_aside_for_the_models_own_hooks(tiny_pair) -> None:
+    """A hook the model carries at the unembed would see another shape: then every row
+    is unembedded, as TL does."""
+    from tempo_lens.backend import unembed_real_rows
+
+    model = tiny_pair[0]
+    batch, _ = _padded_batch()
+    assert unembed_real_rows(model, batch, len(batch)) != ([], [])
+    model.add_hook("unembed.hook_out", lambda act, hook: None)
+    try:
+        assert unembed_real_rows(model, batch, len(batch)) == ([], [])
+        logits = backend_of(model).forward(model, batch, len(batch), [], None)
+        assert not bool((logits[batch.step == PAD_STEP] == 0).all())
+    finally:
+        model.reset_hooks(including_permanent=True)
