@@ -228,13 +228,14 @@ def fast_attention(model: Model) -> Iterator[None]:
       on this backend: pads are hidden keys). With such a mask TL's masked paths compute
       the same values at more cost, per layer and call: the rotary cos/sin gathered at
       cumsum positions (`get_offset_position_ids`) instead of sliced, and the causal mask
-      and-ed with it.
+      and-ed with it. The rotary itself skips `rotate_every_two`'s clone and assignments
+      (`_unmasked_rotary`).
     - Grouped-query attention without `repeat_interleave`: TL copies every key and value
-      of the cache once per query head of its group, per layer and call; here each group's
-      queries meet their one key-value head in one batched matmul
+      of the cache once per query head of its group, per layer and call; here one batched
+      matmul pairs each key-value head with its group's queries
       (`grouped_attention_scores`, `grouped_z_scores`). Same hook points, shapes and values.
 
-    `docs/performance.md` measures both. Nested use and a block whose methods are already
+    `docs/performance.md` measures each. Nested use and a block whose methods are already
     replaced are left alone; on exit every block is as before."""
     done = []
     for block in getattr(model, "blocks", ()):
@@ -322,7 +323,7 @@ def _groups_by_repeat(attn: Any) -> bool:
 def grouped_attention_scores(attn: Any, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """TL's grouped-query `calculate_attention_scores` (q `[b, q, heads, d]`, k
     `[b, k, kv_heads, d]` -> `[b, heads, q, k]`, head h reading key head h // group) as one
-    matmul per key-value head over its group's queries, without repeating the keys."""
+    batched matmul of each key-value head with its group's queries, keys not repeated."""
     from transformer_lens.utilities.activation_functions import apply_softcap
 
     b, n_q, heads, d = q.shape
