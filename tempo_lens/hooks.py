@@ -76,11 +76,20 @@ def rotate_every_two_parts(
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
     """TL's `rotate_every_two` of `attn` over its `rotary_dim` dimensions as (permute,
     sign) on the module's device and dtype: `rotate_every_two(x) == permute(x) * sign`
-    exactly (sign is ±1), at a fraction of its clone-and-assign cost."""
-    _, _, perm, sign = _rotary_info(attn)
+    exactly (sign is ±1), at a fraction of its clone-and-assign cost. Cached per module
+    (asked for on every forward): rebuilt when its table moves to another device or dtype."""
+    _, key, perm, sign = _rotary_info(attn)
+    dev, dtype = attn.rotary_sin.device, attn.rotary_sin.dtype
+    hit = _FLIP_PARTS.get(attn)
+    if hit is not None and hit[0] == (key, dev, dtype):
+        return hit[1]
     rd = attn.cfg.rotary_dim
-    dev = attn.rotary_sin.device
-    return _permuter(perm[:rd], perm[:rd].to(dev)), sign[:rd].to(dev, attn.rotary_sin.dtype)
+    parts = _permuter(perm[:rd], perm[:rd].to(dev)), sign[:rd].to(dev, dtype)
+    _FLIP_PARTS[attn] = ((key, dev, dtype), parts)
+    return parts
+
+
+_FLIP_PARTS: weakref.WeakKeyDictionary[Any, tuple] = weakref.WeakKeyDictionary()
 
 
 def _permuter(perm: torch.Tensor, perm_dev: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
