@@ -474,12 +474,13 @@ def schedule_hooks(
     layout: Layout | LayoutBatch,
     hidden: Bool[torch.Tensor, "q n"] | Bool[torch.Tensor, "batch q n"],
     bias: Float[torch.Tensor, "batch n_layers n_heads"],
+    layers: Iterable[int] | None = None,
 ) -> list[Hook]:
     """A batch of mask schedules in one forward: batch row b adds `bias[b, L, h]` to the
     `hidden` scores of head h at layer L (0 = nothing, -inf = hidden, finite = damped).
-    `mask_hooks` once per layer whose biases are not all 0."""
+    `mask_hooks` once per layer (of `layers`, default all) whose biases are not all 0."""
     hooks: list[Hook] = []
-    for layer in range(bias.shape[1]):
+    for layer in range(bias.shape[1]) if layers is None else layers:
         if not bool((bias[:, layer] == 0).all()):
             hooks += mask_hooks(layout, hidden, layers=[layer], bias=bias[:, layer])
     return hooks

@@ -70,9 +70,7 @@ def test_bias_schedule_rows_equal_isolation_hooks(case):
     bias[1, 0] = -math.inf  # row 1: isolated at layer 0 only
     layout = tl.layout.LayoutBatch.of([run.layout, run.layout])
     hooks = same_set_bias_hooks(layout, bias)
-    from tempo_lens.analysis.ablations.driver import replay
-
-    both = replay(model, layout, hooks)
+    both = [x[0] for x in tl.forward(model, [run.layout] * 2, isolate=False, fwd_hooks=hooks)[0]]
     vis = tl.forward(model, run.layout, isolate=False)[0][0]
     layer0 = tl.forward(
         model, run.layout, isolate=False, fwd_hooks=tl.isolation_hooks(run.layout, layers=[0])

@@ -10,6 +10,7 @@ import torch
 
 import tempo_lens as tl
 from tempo_lens.analysis import ablations as ab
+from tests.ablations.hf_checks import hf_logits, kl_rows, masks_of
 
 
 def test_restored_fraction_per_prompt_and_pooled():
@@ -87,3 +88,43 @@ def test_a_start_layer_is_part_of_the_variant(case):
     assert torch.allclose(got[0], want[0][0].double(), atol=1e-4, rtol=0)
     assert torch.allclose(got[1], vis.double(), atol=1e-4, rtol=0)
     assert not torch.allclose(got[0], got[1], atol=1e-3)
+
+
+def _next_sets_hf(logits: torch.Tensor, run: tl.TempoRun, next_from: str) -> torch.Tensor:
+    """`[steps, vocab]` float64 next-set distributions from HF logits, computed here."""
+    out = []
+    for s, step in enumerate(run.steps):
+        probs = torch.softmax(logits[run.layout.set_slice(s)].double(), -1)
+        w = torch.tensor(step.probs, dtype=torch.float64)
+        pick = {"first": probs[0], "last": probs[-1]}
+        out.append(pick.get(next_from, (w[:, None] / w.sum() * probs).sum(0)))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("next_from", ["mixture", "first", "last"])
+def test_distances_equal_float64_kls_of_hf_logits(llama_case, next_from):
+    """All four `Distances` fields of a variant (Hugging Face's logits with isolation at
+    layer 0 only) against KLs computed here in float64 from the same logits; each
+    reference replay is at KL 0 from itself."""
+    model, hf, _ = llama_case
+    run = tl.generate(
+        model, "The cat sat", threshold=0.1, max_steps=6, eos_token_id=None, next_from=next_from
+    )
+    ref = ab.Replays.of(model, [run])[0]
+    iso_mask, vis_mask = masks_of(run)
+    variant = hf_logits(hf, run, [iso_mask] + [vis_mask] * (model.cfg.n_layers - 1)).float()
+    iso, vis, variant64 = ref.iso_logits.double(), ref.vis_logits.double(), variant.double()
+    rows = run.layout.step >= 0
+
+    def kl_next(p_logits, q_logits):
+        p, q = _next_sets_hf(p_logits, run, next_from), _next_sets_hf(q_logits, run, next_from)
+        return float((p * (p.log() - q.log())).sum(-1).mean())
+
+    want = [kl_rows(iso, variant64, rows), kl_rows(vis, variant64, rows)]
+    want += [kl_next(iso, variant64), kl_next(vis, variant64)]
+    assert min(want[:2]) > 1e-4  # the variant differs from both references (a set's first
+    # member sees no sibling: with next_from="first", KL(iso ‖ variant) of the next sets is 0)
+    # float32 exponentials (~1e-7 relative), float64 sums: well inside the logits' noise
+    assert ref.distances(variant).tolist() == pytest.approx(want, rel=1e-5, abs=1e-7)
+    assert ref.distances(ref.iso_logits)[[0, 2]].abs().max() < 1e-12  # KL(iso ‖ iso)
+    assert ref.distances(ref.vis_logits)[[1, 3]].abs().max() < 1e-12  # KL(vis ‖ vis)

@@ -27,6 +27,7 @@ prompts — those whose baseline KL is 0 — counted) beside the pooled value
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
@@ -43,7 +44,6 @@ from tempo_lens.generate import (
     forward,
     generate,
     mechanism_hooks,
-    next_distribution,
     replay_rows,
 )
 from tempo_lens.hooks import Hook, schedule_hooks
@@ -89,8 +89,25 @@ class Distances:
         return cls(*(float(v) for v in values))
 
 
-def _mean(t: torch.Tensor) -> torch.Tensor:
-    return t.mean() if t.numel() else torch.zeros((), dtype=torch.float64)
+def _mean0(t: torch.Tensor) -> torch.Tensor:
+    """Mean over the first dimension (rows); 0 where there are none."""
+    return t.mean(0) if t.shape[0] else t.new_zeros(t.shape[1:])
+
+
+def mixing_matrix(layout: Layout, weights: torch.Tensor, next_from: str) -> torch.Tensor:
+    """`[steps, members]` float32: row s mixes the member rows of step s's set into the
+    next-set distribution as `tempo_lens.generate.next_distribution` does (weights
+    w / Σ w for "mixture", the set's first or last member for "first" / "last")."""
+    step = layout.step[layout.step >= 0]
+    mix = torch.zeros(layout.n_steps, len(step), dtype=torch.float32)
+    for s in range(layout.n_steps):
+        cols = (step == s).nonzero().flatten()
+        if next_from in ("first", "last"):
+            mix[s, cols[0 if next_from == "first" else -1]] = 1.0
+        else:
+            w = weights[layout.step == s].float()
+            mix[s, cols] = w / w.sum()
+    return mix
 
 
 class Replays:
@@ -113,17 +130,19 @@ class Replays:
         (iso_logits, self.iso_cache), (vis_logits, self.vis_cache) = iso, vis
         self.iso_logits, self.vis_logits = iso_logits[0], vis_logits[0]
         self._members = self.layout.step >= 0
-        self._sets = [
-            (sl, self.weights[sl].tolist())
-            for sl in map(self.layout.set_slice, range(self.layout.n_steps))
-        ]
+        self._mix = mixing_matrix(self.layout, self.weights, self.next_from)
         self.iso = self.rows(self.iso_logits)
         self.vis = self.rows(self.vis_logits)
-        # p and Σ p log p of every reference row, so a KL to it is one dot product.
-        self._probs = [[lp.exp() for lp in ref] for ref in (self.iso, self.vis)]
+        # What a KL to each reference row needs, so that measuring a variant is one
+        # matrix product per kind of row (`distances`); index r: 0 iso, 1 vis.
+        self._p = [torch.stack([ref[k].exp() for ref in (self.iso, self.vis)], -1) for k in (0, 1)]
+        self._mass = self._p[0].sum(1)  # [m, 2] Σ p (1 up to rounding) of the member rows
+        parts = [self._parts(self.iso_logits), self._parts(self.vis_logits)]
+        # Σ p log p of each reference row, computed as a variant's Σ p log q is, so a
+        # variant with the reference's own logits is at KL 0 up to float64 rounding.
         self._neg_entropy = [
-            [(p * lp).sum(-1) for p, lp in zip(probs, ref, strict=True)]
-            for probs, ref in zip(self._probs, (self.iso, self.vis), strict=True)
+            torch.stack([parts[r][0][:, r] - self._mass[:, r] * parts[r][1] for r in (0, 1)], -1),
+            torch.stack([parts[r][2][:, r] for r in (0, 1)], -1),
         ]
         # The rows before `shared` see no sibling: isolation cannot change them, so every
         # variant that hides nothing there starts from the iso replay's keys and values.
@@ -148,31 +167,42 @@ class Replays:
         members = torch.log_softmax(logits[self._members].double(), -1)
         return members, self.next_rows(logits)
 
+    def _shifted(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Member rows of logits `[n, vocab]`: t = z − max z, exp(t) (float32) and Σ exp(t)
+        (float64), so softmax = exp(t) / Σ exp(t) and log-softmax = t − log Σ exp(t)."""
+        z = logits[self._members].float()
+        t = z.sub_(z.amax(-1, keepdim=True))
+        e = t.exp()
+        return t, e, e.sum(-1, dtype=torch.float64)
+
+    def _next_probs(self, e: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        """`[steps, vocab]` next-set distributions (`tempo_lens.generate.next_distribution`
+        of each set, all in one product) from `_shifted`'s exp(t) and Σ exp(t)."""
+        return torch.matmul(self._mix / total.float(), e)
+
     def next_rows(self, logits: torch.Tensor) -> torch.Tensor:
         """`[steps, vocab]` log-probs of each step's next-set distribution."""
-        nxt = [
-            next_distribution(logits[sl], probs, self.next_from).double().log()
-            for sl, probs in self._sets
-        ]
-        return torch.stack(nxt) if nxt else logits[:0].double()
+        _, e, total = self._shifted(logits)
+        return self._next_probs(e, total).double().log()
+
+    def _parts(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Σ p·t `[m, 2]`, log Σ exp(t) `[m]`, Σ p·log q `[steps, 2]`) of logits `[n,
+        vocab]` against both references' p (float64 products)."""
+        t, e, total = self._shifted(logits)
+        member = torch.bmm(t.double()[:, None], self._p[0])[:, 0]
+        log_q = self._next_probs(e, total).log_().double()
+        return member, total.log(), torch.bmm(log_q[:, None], self._p[1])[:, 0]
 
     def distances(self, logits: torch.Tensor) -> torch.Tensor:
         """`[4]`: the `Distances` fields of a replay's logits `[n, vocab]`.
 
-        KL(p ‖ q) = Σ p log p − Σ p log q, with Σ p log p and p of each reference row
-        computed once; for member rows log q = z − logsumexp(z), so Σ p log q =
-        p·z − logsumexp(z) needs no normalised copy of the variant's logits z."""
-        z = logits[self._members].double()
-        lse = torch.logsumexp(z, -1)
-        nxt = self.next_rows(logits)
-        out = [
-            _mean(self._neg_entropy[ref][0] - torch.linalg.vecdot(self._probs[ref][0], z) + lse)
-            for ref in (0, 1)
-        ] + [
-            _mean(self._neg_entropy[ref][1] - torch.linalg.vecdot(self._probs[ref][1], nxt))
-            for ref in (0, 1)
-        ]
-        return torch.stack(out)
+        KL(p ‖ q) = Σ p log p − Σ p log q. For member rows log q = t − log Σ exp(t) with
+        t = z − max z, so Σ p log q = p·t − (Σ p) log Σ exp(t): no normalised copy of the
+        variant's logits z. Exponentials and logarithms are float32 (each within 1e-7 of
+        its value: below the float32 logits' own noise), every sum and product float64."""
+        member, log_total, nxt = self._parts(logits)
+        members = self._neg_entropy[0] - member + self._mass * log_total[:, None]
+        return torch.cat([_mean0(members), _mean0(self._neg_entropy[1] - nxt)])
 
     def baseline(self) -> Distances:
         """The isolated replay measured against both references (KL(vis ‖ iso))."""
@@ -293,8 +323,8 @@ def ablate(
 
     (source, variant) rows are sorted by source length, source and start layer and
     replayed in batches of at most `batch_size` rows (fewer when `memory_budget` bytes
-    allow fewer), each batch from its earliest start layer and after the fewest rows any
-    of its rows shares with its references."""
+    allow fewer), after the fewest rows any of a batch's rows shares with its
+    references; each row joins its batch at its own start layer (`_replay_chunk`)."""
     sources, _ = as_sources(source)
     refs = list(replays) if replays is not None else Replays.of(model, sources)
     per_ref = [list(variants(ref)) for ref in refs]
@@ -326,9 +356,10 @@ def ablate(
         part = items[begin : begin + rows]
         chunk = [(refs[r], per_ref[r][i]) for r, i in part]
         skip = min(shared[ri] for ri in part)
-        logits = _replay_chunk(model, chunk, skip)
-        for b, (ri, (ref, _)) in enumerate(zip(part, chunk, strict=True)):
-            own = logits[b, : length(ri) - skip]
+        logits, order = _replay_chunk(model, chunk, skip)
+        for i, b in enumerate(order):
+            ri, ref = part[b], chunk[b][0]
+            own = logits[i, : length(ri) - skip]
             if skip:  # the shared rows are the reference replay's own
                 own = torch.cat([ref.iso_logits[:skip].to(own), own])
             out[ri] = metric(ref, own)
@@ -350,10 +381,17 @@ def _variant_key(source: int, v: Variant) -> tuple | None:
 
 def _replay_chunk(
     model: Model, chunk: Sequence[tuple[Replays, Variant]], skip: int = 0
-) -> torch.Tensor:
-    """One padded forward of the chunk's rows after their first `skip` rows (which every
-    row shares with its reference replays: their keys and values come from its cache):
-    logits `[rows, n - skip, vocab]` on the right-padded grid."""
+) -> tuple[torch.Tensor, list[int]]:
+    """The chunk's rows after their first `skip` rows (which every row shares with its
+    reference replays: their keys and values come from its cache) on one right-padded
+    grid, each row joining at its own start layer: the rows are ordered by start layer,
+    and layers `first .. stop` run only the rows that have started by `first`
+    (`first`, `stop`: consecutive start layers). One hook context for all of them: each
+    layer's hooks are built for the rows it runs.
+
+    (logits `[rows, n - skip, vocab]`, `order`): row i is `chunk[order[i]]`."""
+    order = sorted(range(len(chunk)), key=lambda b: chunk[b][1].start_layer)
+    chunk = [chunk[b] for b in order]
     grid = LayoutBatch.of([v.layout or ref.layout for ref, v in chunk])
     n, cfg = len(grid), model.cfg
     hidden = torch.zeros(len(chunk), n, n, dtype=torch.bool)
@@ -363,23 +401,83 @@ def _replay_chunk(
             cols = grid.real_columns(b)
             hidden[b, cols[:, None], cols[None, :]] = v.hidden
             bias[b] = torch.as_tensor(v.bias, dtype=torch.float64).expand(cfg.n_layers, cfg.n_heads)
-    hooks = schedule_hooks(grid, hidden, bias) + _patch_hooks(grid, [v.patch for _, v in chunk])
-    start = min(v.start_layer for _, v in chunk)
-    resid, cache = None, None
-    if start > 0 or skip > 0:
-        resid = torch.zeros(len(chunk), n - skip, cfg.d_model, dtype=cfg.dtype, device=cfg.device)
-        for b, (ref, v) in enumerate(chunk):
-            own = ref.resid(v.start_isolated, start)[0, skip:]
-            resid[b, : own.shape[0]] = own.to(resid)
-    if skip > 0:
-        cache = backend_of(model).new_cache(model, len(chunk))
-        for layer in range(start, cfg.n_layers):
-            keys, values = zip(*(ref.prefix_kv(layer, skip) for ref, _ in chunk), strict=True)
-            entry = cache.entries[layer]
-            entry.past_keys = torch.stack(keys).to(entry.past_keys)
-            entry.past_values = torch.stack(values).to(entry.past_values)
-        cache.freeze()
-    return replay(model, grid, hooks, start_at_layer=start, resid=resid, past_kv_cache=cache)
+    starts = [v.start_layer for _, v in chunk]
+    firsts = sorted(set(starts))
+    segments = [
+        (first, stop, bisect_right(starts, first))
+        for first, stop in zip(firsts, [*firsts[1:], cfg.n_layers], strict=True)
+    ]
+    hooks: list[Hook] = []
+    for first, stop, rows in segments:
+        sub = grid.select_rows(range(rows))
+        built = mechanism_hooks(model, sub, isolate=False, n_query=n - skip)
+        built += schedule_hooks(sub, hidden[:rows], bias[:rows], layers=range(first, stop))
+        built += _patch_hooks(sub, [v.patch for _, v in chunk[:rows]])
+        hooks += _segment_hooks(model, built, first, stop)
+    tokens = grid.tokens.to(cfg.device)
+    mask = torch.ones_like(tokens)
+    x = None
+    context = backend_of(model).forward_context(model)  # hooked: `backend.fast_attention`
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks), context:
+        for first, stop, rows in segments:
+            kwargs: dict[str, Any] = {"attention_mask": mask[:rows]}
+            if stop < cfg.n_layers:
+                kwargs["stop_at_layer"] = stop
+            if first == 0 and skip == 0:  # the first segment, from the embeddings
+                x = model(tokens[:rows], **kwargs)
+                continue
+            joining = _start_resid(chunk, range(0 if x is None else len(x), rows), first, skip)
+            x = joining if x is None else torch.cat([x, joining.to(x)])
+            if skip:
+                kwargs["past_kv_cache"] = _prefix_cache(model, chunk[:rows], skip, first, stop)
+            x = model(x, start_at_layer=first, **kwargs)
+    return x, order
+
+
+def _segment_hooks(model: Model, hooks: Sequence[Hook], first: int, stop: int) -> list[Hook]:
+    """`hooks` on the hook points that fire in a forward of layers `first .. stop`: the
+    blocks' own, the embeddings' only from layer 0 (a forward from the tokens), ln_final's
+    and the unembedding's only up to the last layer (a filter stands for its points)."""
+    n_layers = model.cfg.n_layers
+
+    def fires(name: str) -> bool:
+        if name.startswith("blocks."):
+            return first <= int(name.split(".")[1]) < stop
+        return first == 0 if name.startswith("hook_") else stop == n_layers
+
+    out: list[Hook] = []
+    for name, fn in hooks:
+        names = [k for k in model.hook_dict if name(k)] if callable(name) else [name]
+        out += [(k, fn) for k in names if fires(k)]
+    return out
+
+
+def _start_resid(
+    chunk: Sequence[tuple[Replays, Variant]], rows: range, layer: int, skip: int
+) -> torch.Tensor:
+    """`[rows, n - skip, d_model]`: each row's reference residual stream entering `layer`
+    (its rows after `skip`; zeros at the grid's pad columns)."""
+    own = [ref.resid(v.start_isolated, layer)[0, skip:] for ref, v in (chunk[b] for b in rows)]
+    width = max(len(v.layout or ref.layout) for ref, v in chunk) - skip
+    out = own[0].new_zeros(len(own), width, own[0].shape[-1])
+    for b, r in enumerate(own):
+        out[b, : r.shape[0]] = r
+    return out
+
+
+def _prefix_cache(
+    model: Model, chunk: Sequence[tuple[Replays, Variant]], skip: int, first: int, stop: int
+) -> Any:
+    """A frozen TL KV cache holding the rows' first `skip` keys and values at layers
+    `first .. stop` (from each row's isolated reference replay)."""
+    cache = backend_of(model).new_cache(model, len(chunk))
+    for layer in range(first, stop):
+        keys, values = zip(*(ref.prefix_kv(layer, skip) for ref, _ in chunk), strict=True)
+        entry = cache.entries[layer]
+        entry.past_keys = torch.stack(keys).to(entry.past_keys)
+        entry.past_values = torch.stack(values).to(entry.past_values)
+    cache.freeze()
+    return cache
 
 
 def _patch_hooks(grid: LayoutBatch, patches: Sequence[Patch | None]) -> list[Hook]:
@@ -398,33 +496,6 @@ def _patch_hooks(grid: LayoutBatch, patches: Sequence[Patch | None]) -> list[Hoo
         return patch
 
     return [(name, make(rows)) for name, rows in by_name.items()]
-
-
-def replay(
-    model: Model,
-    grid: Layout | LayoutBatch,
-    fwd_hooks: Sequence[Hook],
-    *,
-    start_at_layer: int = 0,
-    resid: torch.Tensor | None = None,
-    past_kv_cache: Any = None,
-) -> torch.Tensor:
-    """One forward of a layout batch (positions applied, pads hidden, no isolation) with
-    `fwd_hooks`; logits `[rows, q, vocab]` of its last q rows. With `start_at_layer` > 0
-    or a cache, `resid` `[rows, q, d_model]` is the residual stream of those rows entering
-    that layer; a (frozen) `past_kv_cache` holds the keys and values of the n − q rows
-    before them at every layer from `start_at_layer` on (q = n without one)."""
-    grid = LayoutBatch.of(grid)
-    tokens = grid.tokens.to(model.cfg.device)
-    n_query = len(grid) if resid is None else resid.shape[1]
-    hooks = mechanism_hooks(model, grid, isolate=False, n_query=n_query) + list(fwd_hooks)
-    mask = torch.ones_like(tokens)
-    context = backend_of(model).forward_context(model)  # hooked: `backend.fast_attention`
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks), context:
-        if resid is None:
-            return model(tokens, attention_mask=mask)
-        kwargs = {"past_kv_cache": past_kv_cache} if past_kv_cache is not None else {}
-        return model(resid, start_at_layer=start_at_layer, attention_mask=mask, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
