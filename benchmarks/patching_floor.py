@@ -41,19 +41,15 @@ CONFIG = ROOT / "experiments" / "ablations" / "layer_patching.yaml"
 
 
 def needed_work(refs: list[driver.Replays], bias: torch.Tensor, n_layers: int) -> dict[str, int]:
-    """Row-layers and unembedded rows the schedules `bias` need (`ablate`'s own choices:
-    reference replays and repeated schedules are not replayed, shared rows are skipped)."""
+    """Row-layers and unembedded rows the schedules `bias` need: the variants `ablate`
+    replays (`driver.replay_plan`), each row after its shared prefix, from its start layer."""
+    per_ref = [driver.schedule_variants(bias, ref) for ref in refs]
     row_layers = rows_out = 0
-    for r, ref in enumerate(refs):
-        seen = set()
-        for v in driver.schedule_variants(bias, ref):
-            key = driver._variant_key(r, v)
-            if ref.replay_of(v) is not None or key in seen:
-                continue
-            seen.add(key)
-            rows = len(ref.layout) - ref.shared_rows(v)
-            row_layers += rows * (n_layers - v.start_layer)
-            rows_out += rows
+    for r, i in driver.replay_plan(refs, per_ref)[2]:
+        v = per_ref[r][i]
+        rows = len(refs[r].layout) - refs[r].shared_rows(v)
+        row_layers += rows * (n_layers - v.start_layer)
+        rows_out += rows
     return {"row_layers": row_layers, "unembedded_rows": rows_out}
 
 

@@ -328,20 +328,8 @@ def ablate(
     sources, _ = as_sources(source)
     refs = list(replays) if replays is not None else Replays.of(model, sources)
     per_ref = [list(variants(ref)) for ref in refs]
-    out: dict[tuple[int, int], torch.Tensor] = {}
-    same_as: dict[tuple[int, int], tuple[int, int]] = {}  # a repeated variant -> its first
-    first: dict[tuple, tuple[int, int]] = {}
-    items = []
-    for r, vs in enumerate(per_ref):
-        for i, v in enumerate(vs):
-            if (logits := refs[r].replay_of(v)) is not None:
-                out[(r, i)] = metric(refs[r], logits)
-            elif (key := _variant_key(r, v)) is not None and key in first:
-                same_as[(r, i)] = first[key]
-            else:
-                items.append((r, i))
-                if key is not None:
-                    first[key] = (r, i)
+    hits, same_as, items = replay_plan(refs, per_ref)
+    out = {ri: metric(refs[ri[0]], logits) for ri, logits in hits.items()}
     shared = {(r, i): refs[r].shared_rows(per_ref[r][i]) for r, i in items}
 
     def length(ri: tuple[int, int]) -> int:
@@ -368,6 +356,29 @@ def ablate(
         torch.stack([out[(r, i)] for i in range(len(vs))]) if vs else torch.empty(0)
         for r, vs in enumerate(per_ref)
     ]
+
+
+def replay_plan(
+    refs: Sequence[Replays], per_ref: Sequence[Sequence[Variant]]
+) -> tuple[dict[tuple[int, int], torch.Tensor], dict[tuple[int, int], tuple[int, int]], list]:
+    """Which of the variants `per_ref[r]` of sources `refs[r]` `ablate` replays, by
+    (source, variant) index: (those that are a reference replay -> its logits, a repeated
+    variant -> its first, the list of the rest: the ones replayed)."""
+    hits: dict[tuple[int, int], torch.Tensor] = {}
+    same_as: dict[tuple[int, int], tuple[int, int]] = {}
+    first: dict[tuple, tuple[int, int]] = {}
+    items = []
+    for r, vs in enumerate(per_ref):
+        for i, v in enumerate(vs):
+            if (logits := refs[r].replay_of(v)) is not None:
+                hits[(r, i)] = logits
+            elif (key := _variant_key(r, v)) is not None and key in first:
+                same_as[(r, i)] = first[key]
+            else:
+                items.append((r, i))
+                if key is not None:
+                    first[key] = (r, i)
+    return hits, same_as, items
 
 
 def _variant_key(source: int, v: Variant) -> tuple | None:
