@@ -54,3 +54,15 @@ def kl_rows(p_logits, q_logits, rows):
     """Mean KL(p ‖ q) over `rows`, computed here from log-softmax."""
     lp, lq = p_logits[rows].log_softmax(-1), q_logits[rows].log_softmax(-1)
     return float((lp.exp() * (lp - lq)).sum(-1).mean())
+
+
+def next_sets(logits, run, next_from="mixture"):
+    """`[steps, vocab]` float64 next-set distributions of a run's logits, computed here:
+    the probability-weighted mixture of each set's member rows, or its first or last."""
+    out = []
+    for s, step in enumerate(run.steps):
+        probs = torch.softmax(logits[run.layout.set_slice(s)].double(), -1)
+        w = torch.tensor(step.probs, dtype=torch.float64)
+        pick = {"first": probs[0], "last": probs[-1]}
+        out.append(pick.get(next_from, (w[:, None] / w.sum() * probs).sum(0)))
+    return torch.stack(out)

@@ -10,7 +10,7 @@ import torch
 
 import tempo_lens as tl
 from tempo_lens.analysis import ablations as ab
-from tests.ablations.hf_checks import hf_logits, kl_rows, masks_of
+from tests.ablations.hf_checks import hf_logits, kl_rows, masks_of, next_sets
 
 
 def test_restored_fraction_per_prompt_and_pooled():
@@ -90,17 +90,6 @@ def test_a_start_layer_is_part_of_the_variant(case):
     assert not torch.allclose(got[0], got[1], atol=1e-3)
 
 
-def _next_sets_hf(logits: torch.Tensor, run: tl.TempoRun, next_from: str) -> torch.Tensor:
-    """`[steps, vocab]` float64 next-set distributions from HF logits, computed here."""
-    out = []
-    for s, step in enumerate(run.steps):
-        probs = torch.softmax(logits[run.layout.set_slice(s)].double(), -1)
-        w = torch.tensor(step.probs, dtype=torch.float64)
-        pick = {"first": probs[0], "last": probs[-1]}
-        out.append(pick.get(next_from, (w[:, None] / w.sum() * probs).sum(0)))
-    return torch.stack(out)
-
-
 @pytest.mark.parametrize("next_from", ["mixture", "first", "last"])
 def test_distances_equal_float64_kls_of_hf_logits(llama_case, next_from):
     """All four `Distances` fields of a variant (Hugging Face's logits with isolation at
@@ -117,7 +106,7 @@ def test_distances_equal_float64_kls_of_hf_logits(llama_case, next_from):
     rows = run.layout.step >= 0
 
     def kl_next(p_logits, q_logits):
-        p, q = _next_sets_hf(p_logits, run, next_from), _next_sets_hf(q_logits, run, next_from)
+        p, q = next_sets(p_logits, run, next_from), next_sets(q_logits, run, next_from)
         return float((p * (p.log() - q.log())).sum(-1).mean())
 
     want = [kl_rows(iso, variant64, rows), kl_rows(vis, variant64, rows)]

@@ -9,23 +9,11 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 from matplotlib.figure import Figure
 
 from tempo_lens.analysis.ablations import member_knockout
-from tests.ablations.hf_checks import sets_of
+from tests.ablations.hf_checks import next_sets, sets_of
 from tests.reference import hf_tempo_logits
-
-
-def _next_sets(logits, run):
-    """Per step, log of the probability-weighted mixture of its members' rows."""
-    out, start = [], len(run.layout) - sum(len(s.tokens) for s in run.steps)
-    for ps in run.steps:
-        rows = logits[start : start + len(ps.tokens)].double().softmax(-1)
-        w = torch.tensor(ps.probs, dtype=torch.float64)
-        out.append(((w / w.sum())[:, None] * rows).sum(0).log())
-        start += len(ps.tokens)
-    return out
 
 
 def test_knockout_matches_hf_masked_key(llama_case):
@@ -34,11 +22,11 @@ def test_knockout_matches_hf_masked_key(llama_case):
     checked = 0
     for p, run in enumerate(runs):
         prompt, sets = sets_of(run)
-        plain = _next_sets(hf_tempo_logits(hf, prompt, sets, True)[0], run)
+        plain = next_sets(hf_tempo_logits(hf, prompt, sets, True)[0], run).log()
         for (q, s, j, _), kls in zip(result.members, result.kl_next, strict=True):
             if q != p:
                 continue
-            knocked = _next_sets(hf_tempo_logits(hf, prompt, sets, True, {(s, j): s})[0], run)
+            knocked = next_sets(hf_tempo_logits(hf, prompt, sets, True, {(s, j): s})[0], run).log()
             for t in range(len(sets)):
                 if t <= s:
                     assert math.isnan(kls[t])
