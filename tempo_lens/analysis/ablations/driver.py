@@ -437,7 +437,7 @@ def _replay_chunk(
             if first == 0 and skip == 0:  # the first segment, from the embeddings
                 x = model(tokens[:rows], **kwargs)
                 continue
-            joining = _start_resid(chunk, range(0 if x is None else len(x), rows), first, skip)
+            joining = _start_resid(chunk, range(0 if x is None else len(x), rows), first, skip, n)
             x = joining if x is None else torch.cat([x, joining.to(x)])
             if skip:
                 kwargs["past_kv_cache"] = _prefix_cache(model, chunk[:rows], skip, first, stop)
@@ -464,13 +464,12 @@ def _segment_hooks(model: Model, hooks: Sequence[Hook], first: int, stop: int) -
 
 
 def _start_resid(
-    chunk: Sequence[tuple[Replays, Variant]], rows: range, layer: int, skip: int
+    chunk: Sequence[tuple[Replays, Variant]], rows: range, layer: int, skip: int, n: int
 ) -> torch.Tensor:
     """`[rows, n - skip, d_model]`: each row's reference residual stream entering `layer`
-    (its rows after `skip`; zeros at the grid's pad columns)."""
+    (its rows after `skip`; zeros at the pad columns of the chunk's `n`-wide grid)."""
     own = [ref.resid(v.start_isolated, layer)[0, skip:] for ref, v in (chunk[b] for b in rows)]
-    width = max(len(v.layout or ref.layout) for ref, v in chunk) - skip
-    out = own[0].new_zeros(len(own), width, own[0].shape[-1])
+    out = own[0].new_zeros(len(own), n - skip, own[0].shape[-1])
     for b, r in enumerate(own):
         out[b, : r.shape[0]] = r
     return out
