@@ -8,7 +8,8 @@ is, per (prompt, schedule) pair that is not a reference replay, every row after 
 shared prefix through every layer from the pair's start layer, and the unembedding of
 those rows. Its FLOPs: 2 x (weights of a block) per row-layer, 2 x d_model x d_vocab per
 unembedded row. The floor is those FLOPs at the best rate `torch.nn.functional.linear`
-reaches on these shapes here (each product timed alone, the median of 5 runs).
+reaches on the blocks' shapes here, and the unembedding's at the rate its blocked product
+(`backend.fast_unembed`) reaches (each product timed alone, the median of 5 runs).
 
     python benchmarks/patching_floor.py --json benchmarks/results/patching_floor.json
 """
@@ -34,6 +35,7 @@ from tempo_lens.analysis.ablations.layer_patching import (
     layer_schedules,
 )
 from tempo_lens.analysis.experiments.config import load_prompt_suite
+from tempo_lens.backend import Model, fast_unembed
 from tempo_lens.storage import write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +65,20 @@ def linear_rate(m: int, k: int, n: int, reps: int = 5) -> float:
         torch.nn.functional.linear(x, w)
         times.append(time.perf_counter() - t0)
     return 2 * m * k * n / statistics.median(times) / 1e9
+
+
+def unembed_rate(model: Model, rows: int, reps: int = 5) -> float:
+    """GFLOP/s of the model's unembedding of `[rows, d_model]` as the study's forwards
+    run it (`backend.fast_unembed`; median of `reps` timed runs)."""
+    x = torch.randn(rows, model.cfg.d_model)
+    times = []
+    with torch.no_grad(), fast_unembed(model):
+        model.unembed(x)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            model.unembed(x)
+            times.append(time.perf_counter() - t0)
+    return 2 * rows * model.cfg.d_model * model.cfg.d_vocab / statistics.median(times) / 1e9
 
 
 def main() -> int:
@@ -106,7 +122,8 @@ def main() -> int:
     rates = {
         "mlp_in": linear_rate(rows, cfg.d_model, cfg.d_mlp),
         "mlp_out": linear_rate(rows, cfg.d_mlp, cfg.d_model),
-        "unembed": linear_rate(rows, cfg.d_model, cfg.d_vocab),
+        "unembed_f_linear": linear_rate(rows, cfg.d_model, cfg.d_vocab),
+        "unembed": unembed_rate(model, rows),
     }
     work = {
         "layers": needed_work(refs, layer_schedules(cfg.n_layers, cfg.n_heads), cfg.n_layers),

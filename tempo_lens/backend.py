@@ -172,7 +172,7 @@ class HookedBackend(Backend):
         return {"attention_mask": ones, "past_kv_cache": cache}
 
     def forward_context(self, model: Model) -> contextlib.AbstractContextManager[None]:
-        return fast_attention(model)
+        return fast_forward(model)
 
     def around_hooks(self, model: Model, batch: LayoutBatch, n_query: int) -> tuple[list, list]:
         return unembed_real_rows(model, batch, n_query)
@@ -214,6 +214,71 @@ def unembed_real_rows(model: Model, batch: LayoutBatch, n_query: int) -> tuple[l
         return grid
 
     return [("unembed.hook_out", put_back)], [("unembed.hook_in", keep)]
+
+
+@contextlib.contextmanager
+def fast_forward(model: Model) -> Iterator[None]:
+    """Every forward `HookedBackend` makes: `fast_attention` and `fast_unembed` together."""
+    with fast_attention(model), fast_unembed(model):
+        yield
+
+
+# Vocabulary rows of W_U.T per product of `fast_unembed`, and the fewest residual rows it
+# splits. On the embedded model's 49 152 x 576 unembedding (interleaved, this 2-core
+# machine; docs/performance.md): 2.7-3.1x TL's one product at 2 rows, 2.1x at 8, 1.9x
+# at 32, 1.3x at 272; at one row TL's matrix-vector product is a little faster (0.95x).
+UNEMBED_BLOCK = 2048
+UNEMBED_MIN_ROWS = 2
+
+
+@contextlib.contextmanager
+def fast_unembed(
+    model: Model, block: int = UNEMBED_BLOCK, min_rows: int = UNEMBED_MIN_ROWS
+) -> Iterator[None]:
+    """Inside: a HookedTransformer's unembedding computes TL's `F.linear(x, W_U.T, b_U)`
+    on the CPU, when it has at least `min_rows` rows, block by block of the vocabulary:
+    `block` rows of W_U.T times xᵀ, each block's `[block, rows]` product transposed into
+    its columns of one `[rows, vocab]` output. MKL's product over the whole vocabulary
+    at a few rows runs far below its rate (2 rows cost 2.4x one row); with the vocabulary
+    as the long side it does not. Each logit is the same dot product (`torch.equal` to
+    TL's on the embedded model at 16 rows; at under 8 rows MKL sums it in another order,
+    a float32 rounding: tests/test_backend.py), and `hook_in` / `hook_out` fire as in
+    TL, with TL's shapes and a contiguous output. Gradients on, another device, or a
+    model whose unembedding is not TL's own `Unembed` keep TL's path; nested use is left
+    alone; on exit the module is as before."""
+    from transformer_lens.components import Unembed
+
+    unembed = getattr(model, "unembed", None)
+    if type(unembed) is not Unembed or "forward" in vars(unembed):
+        yield
+        return
+    vars(unembed)["forward"] = partial(_blocked_unembed, unembed, block, min_rows)
+    try:
+        yield
+    finally:
+        vars(unembed).pop("forward", None)
+
+
+def _blocked_unembed(
+    unembed: Any, block: int, min_rows: int, residual: torch.Tensor
+) -> torch.Tensor:
+    """`fast_unembed`'s forward of TL's `Unembed` (`residual` `[..., d_model]`)."""
+    residual = unembed.hook_in(residual)  # a hook here may change the rows (unembed_real_rows)
+    weight, bias = unembed.W_U.T, unembed.b_U  # [vocab, d_model]: TL's own F.linear weight
+    x = residual.reshape(-1, residual.shape[-1])
+    rows, vocab = x.shape[0], weight.shape[0]
+    small = rows < min_rows or vocab <= block
+    if small or x.device.type != "cpu" or torch.is_grad_enabled():  # out= has no grad
+        logits = torch.nn.functional.linear(residual, weight.contiguous(), bias)  # TL's line
+        return unembed.hook_out(logits)
+    out = x.new_empty(rows, vocab)
+    part = x.new_empty(block, rows)  # one block's product, small enough to stay in cache
+    for start in range(0, vocab, block):
+        cols = slice(start, min(start + block, vocab))
+        p = part[: cols.stop - start]
+        torch.addmm(bias[cols, None], weight[cols], x.T, out=p)
+        out[:, cols].copy_(p.T)
+    return unembed.hook_out(out.view(*residual.shape[:-1], vocab))
 
 
 @contextlib.contextmanager

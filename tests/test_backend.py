@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 
 from tempo_lens.backend import backend_of, fast_attention
@@ -107,3 +108,70 @@ def test_unembed_real_rows_steps_aside_for_the_models_own_hooks(tiny_pair) -> No
         assert not bool((logits[batch.step == PAD_STEP] == 0).all())
     finally:
         model.reset_hooks(including_permanent=True)
+
+
+def test_fast_unembed_equals_tls_own_unembedding_and_hugging_face(tiny_pair) -> None:
+    """In vocabulary blocks (7 columns here, so the last block is short) the logits are
+    TL's own (to float32 rounding) and Hugging Face's; `hook_in` / `hook_out` fire once each with TL's shapes;
+    one row, or gradients on, take TL's own line; on exit the module is as before."""
+    from tempo_lens.backend import fast_unembed
+
+    model, hf, _ = tiny_pair
+    tokens = torch.randint(0, model.cfg.d_vocab, (3, 6), generator=torch.Generator().manual_seed(2))
+    tokens = tokens.to(model.cfg.device)
+    seen: list[tuple[str, tuple[int, ...]]] = []
+
+    def record(act: torch.Tensor, hook) -> None:
+        seen.append((hook.name, tuple(act.shape)))
+
+    user = [("unembed.hook_in", record), ("unembed.hook_out", record)]
+    with torch.no_grad():
+        own, own_one = model(tokens), model(tokens[:1, :1])
+        with fast_unembed(model, block=7), model.hooks(fwd_hooks=user):
+            assert "forward" in vars(model.unembed)
+            with fast_unembed(model, block=3):  # nested use: the outer context owns it
+                pass
+            assert model.unembed.forward.args[1] == 7
+            blocked = model(tokens)
+            one = model(tokens[:1, :1])
+        ref = hf(tokens).logits
+    assert model.cfg.d_vocab % 7 and model.cfg.d_vocab > 7
+    # a 7-column block may take another kernel than the whole product: float32 rounding
+    torch.testing.assert_close(blocked, own, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(blocked, ref, rtol=1e-4, atol=1e-4)
+    assert torch.equal(one, own_one)  # one row: TL's own line
+    d, v = model.cfg.d_model, model.cfg.d_vocab
+    assert seen == [
+        ("unembed.hook_in", (3, 6, d)),
+        ("unembed.hook_out", (3, 6, v)),
+        ("unembed.hook_in", (1, 1, d)),
+        ("unembed.hook_out", (1, 1, v)),
+    ]
+    assert "forward" not in vars(model.unembed)
+    resid = torch.randn(3, 6, d, device=model.cfg.device, requires_grad=True)
+    with torch.enable_grad(), fast_unembed(model, block=7):  # TL's own line, differentiable
+        model.unembed(resid).sum().backward()
+    assert resid.grad is not None and resid.grad.shape == resid.shape
+
+
+@pytest.mark.embedded
+def test_fast_unembed_is_tls_own_unembedding_exactly_on_the_embedded_model(embedded) -> None:
+    """On the embedded model's 49 152-token vocabulary every logit of a 16-row
+    unembedding in blocks is the very float TL's one product gives; at 4 rows (another
+    MKL kernel) within float32 rounding."""
+    from tempo_lens.backend import UNEMBED_BLOCK, fast_unembed
+
+    resid = torch.randn(2, 8, embedded.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    resid = resid.to(embedded.cfg.device)
+    with torch.no_grad():
+        own = embedded.unembed(resid)
+        with fast_unembed(embedded):
+            blocked = embedded.unembed(resid)
+        few = resid[:1, :4]
+        own_few = embedded.unembed(few)
+        with fast_unembed(embedded):
+            blocked_few = embedded.unembed(few)
+    assert embedded.cfg.d_vocab > UNEMBED_BLOCK
+    if resid.device.type == "cpu":  # on CUDA TL's own path runs: equal trivially
+        assert torch.equal(blocked, own)
+    torch.testing.assert_close(blocked_few, own_few, rtol=1e-5, atol=1e-5)
