@@ -288,13 +288,13 @@ def fast_attention(model: Model) -> Iterator[None]:
     logits equal to float32 rounding, since the grouped matmuls sum the same products in
     another order; on the embedded model's batched step the logits are `torch.equal`):
 
-    - TL's unmasked rotary and causal-mask paths, whatever `attention_mask` the forward
-      was given. Only for forwards given an all-ones mask (every forward tempo_lens makes
-      on this backend: pads are hidden keys). With such a mask TL's masked paths compute
-      the same values at more cost, per layer and call: the rotary cos/sin gathered at
-      cumsum positions (`get_offset_position_ids`) instead of sliced, and the causal mask
-      and-ed with it. The rotary itself skips `rotate_every_two`'s clone and assignments
-      (`_unmasked_rotary`).
+    - TL's unmasked rotary and causal-mask paths when the forward's `attention_mask` is
+      all ones (every forward tempo_lens makes on this backend: pads are hidden keys).
+      With such a mask TL's masked paths compute the same values at more cost, per layer
+      and call: the rotary cos/sin gathered at cumsum positions (`get_offset_position_ids`)
+      instead of sliced, and the causal mask and-ed with it. The rotary itself skips
+      `rotate_every_two`'s clone and assignments (`_unmasked_rotary`). A mask with zeros
+      (TL's own padding) takes TL's masked paths.
     - Grouped-query attention without `repeat_interleave`: TL copies every key and value
       of the cache once per query head of its group, per layer and call; here one batched
       matmul pairs each key-value head with its group's queries
@@ -312,7 +312,7 @@ def fast_attention(model: Model) -> Iterator[None]:
         rotary = partial(_unmasked_rotary, attn, cls, *_rotary_parts(attn))
 
         def causal(scores: Any, offset: int = 0, mask: Any = None, attn=attn, cls=cls) -> Any:
-            return cls.apply_causal_mask(attn, scores, offset, None)
+            return cls.apply_causal_mask(attn, scores, offset, None if _all_ones(mask) else mask)
 
         # plain instance attributes (not nn.Module state), found before the class's methods
         vars(attn).update(apply_rotary=rotary, apply_causal_mask=causal)
@@ -355,6 +355,8 @@ def _unmasked_rotary(
     copy of the un-rotated tail when the whole head rotates). Anything out of the common
     case (dynamic NTK, a table to extend, another device) goes to TL's own method."""
     n, rd = x.size(1), attn.cfg.rotary_dim
+    if not _all_ones(mask):  # padding: TL's masked path (positions from the mask's cumsum)
+        return cls.apply_rotary(attn, x, offset, mask)
     if (
         flip is None
         or (attn.cfg.use_dynamic_ntk_rope and not attn.training)
@@ -368,6 +370,11 @@ def _unmasked_rotary(
         return x * cos + flip(x) * sin
     part = x[..., :rd]
     return torch.cat([part * cos + flip(part) * sin, x[..., rd:]], dim=-1)
+
+
+def _all_ones(mask: torch.Tensor | None) -> bool:
+    """Whether an attention mask hides nothing (None, or every entry 1)."""
+    return mask is None or bool(mask.all())
 
 
 def _groups_by_repeat(attn: Any) -> bool:

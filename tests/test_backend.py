@@ -58,6 +58,26 @@ def test_fast_attention_hooks_see_tls_own_values(tiny_pair) -> None:
         torch.testing.assert_close(fast[name], slow[name], rtol=1e-6, atol=1e-5, msg=name)
 
 
+def test_fast_attention_takes_tls_masked_paths_under_padding(tiny_pair) -> None:
+    """Given a mask with zeros (TL's own left padding), the rotary and causal mask are
+    TL's masked paths: the logits of the real tokens are TL's and Hugging Face's."""
+    model, hf, _ = tiny_pair
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(4))
+    tokens = tokens.to(model.cfg.device)
+    mask = torch.ones_like(tokens)
+    mask[0, :3] = 0  # row 0: three pads on the left
+    slow = model(tokens, attention_mask=mask)
+    with fast_attention(model):
+        fast = model(tokens, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(fast[real], slow[real], rtol=1e-6, atol=1e-5)
+    # row 0's real tokens are the 4-token prompt on its own, positions from 0
+    with fast_attention(model):
+        alone = model(tokens[:1, 3:], attention_mask=torch.ones_like(tokens[:1, 3:]))
+    torch.testing.assert_close(fast[0, 3:], alone[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(alone[0], hf(tokens[:1, 3:]).logits[0], rtol=1e-4, atol=1e-4)
+
+
 def _padded_batch():
     from tempo_lens.layout import Layout, LayoutBatch
 
@@ -111,9 +131,10 @@ def test_unembed_real_rows_steps_aside_for_the_models_own_hooks(tiny_pair) -> No
 
 
 def test_fast_unembed_equals_tls_own_unembedding_and_hugging_face(tiny_pair) -> None:
-    """In vocabulary blocks (7 columns here, so the last block is short) the logits are
-    TL's own (to float32 rounding) and Hugging Face's; `hook_in` / `hook_out` fire once each with TL's shapes;
-    one row, or gradients on, take TL's own line; on exit the module is as before."""
+    """In vocabulary blocks (7 tokens here, so the last block is short) the logits are
+    TL's own (to float32 rounding) and Hugging Face's; `hook_in` / `hook_out` fire once
+    each with TL's shapes; one row, or gradients on, take TL's own line; on exit the
+    module is as before."""
     from tempo_lens.backend import fast_unembed
 
     model, hf, _ = tiny_pair
