@@ -224,9 +224,10 @@ def fast_forward(model: Model) -> Iterator[None]:
 
 
 # Vocabulary rows of W_U.T per product of `fast_unembed`, and the fewest residual rows it
-# splits. On the embedded model's 49 152 x 576 unembedding (interleaved, this 2-core
-# machine; docs/performance.md): 2.7-3.1x TL's one product at 2 rows, 2.1x at 8, 1.9x
-# at 32, 1.3x at 272; at one row TL's matrix-vector product is a little faster (0.95x).
+# splits. On the embedded model's 49 152 x 576 unembedding, TL's time over the blocked one
+# (`benchmarks/unembed_blocks.py`, this 2-core machine; docs/performance.md): 2.7x at 2
+# rows, 3.0x at 4, 2.0x at 8, 1.8x at 16-64, 1.45x at 272. One row keeps TL's
+# matrix-vector product: split into blocks it was a little slower (0.87-0.95x).
 UNEMBED_BLOCK = 2048
 UNEMBED_MIN_ROWS = 2
 
@@ -239,10 +240,10 @@ def fast_unembed(
     on the CPU, when it has at least `min_rows` rows, block by block of the vocabulary:
     `block` rows of W_U.T times xᵀ, each block's `[block, rows]` product transposed into
     its columns of one `[rows, vocab]` output. MKL's product over the whole vocabulary
-    at a few rows runs far below its rate (2 rows cost 2.4x one row); with the vocabulary
+    at a few rows runs far below its rate (2 rows cost 2x one row); with the vocabulary
     as the long side it does not. Each logit is the same dot product (`torch.equal` to
-    TL's on the embedded model at 16 rows; at under 8 rows MKL sums it in another order,
-    a float32 rounding: tests/test_backend.py), and `hook_in` / `hook_out` fire as in
+    TL's on the embedded model at 16 rows and more; at 2-8 rows MKL sums it in another
+    order, a float32 rounding: tests/test_backend.py), and `hook_in` / `hook_out` fire as in
     TL, with TL's shapes and a contiguous output. Gradients on, another device, or a
     model whose unembedding is not TL's own `Unembed` keep TL's path; nested use is left
     alone; on exit the module is as before."""

@@ -1,6 +1,7 @@
 """The backends' forwards: `fast_attention` (TL's unmasked paths under an all-ones mask,
-grouped-query attention without repeated keys) computes TL's own values, to float32
-rounding (the grouped matmuls sum the same products in another order)."""
+grouped-query attention without repeated keys) and `fast_unembed` (the unembedding in
+vocabulary blocks) compute TL's own values, to float32 rounding (the same products summed
+in another order)."""
 
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ def test_fast_unembed_equals_tls_own_unembedding_and_hugging_face(tiny_pair) -> 
             one = model(tokens[:1, :1])
         ref = hf(tokens).logits
     assert model.cfg.d_vocab % 7 and model.cfg.d_vocab > 7
-    # a 7-column block may take another kernel than the whole product: float32 rounding
+    # a 7-token block may take another kernel than the whole product: float32 rounding
     torch.testing.assert_close(blocked, own, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(blocked, ref, rtol=1e-4, atol=1e-4)
     assert torch.equal(one, own_one)  # one row: TL's own line
