@@ -55,30 +55,30 @@ def needed_work(refs: list[driver.Replays], bias: torch.Tensor, n_layers: int) -
     return {"row_layers": row_layers, "unembedded_rows": rows_out}
 
 
-def linear_rate(m: int, k: int, n: int, reps: int = 5) -> float:
-    """GFLOP/s of `F.linear` for `[m, k] x [k, n]` (median of `reps` timed runs)."""
-    x, w = torch.randn(m, k), torch.randn(n, k)
-    torch.nn.functional.linear(x, w)
+def gflop_s(fn, flop: int, reps: int = 5) -> float:
+    """GFLOP/s of `fn()` doing `flop` FLOPs: the median of `reps` timed runs after one."""
+    fn()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        torch.nn.functional.linear(x, w)
+        fn()
         times.append(time.perf_counter() - t0)
-    return 2 * m * k * n / statistics.median(times) / 1e9
+    return flop / statistics.median(times) / 1e9
+
+
+def linear_rate(m: int, k: int, n: int, reps: int = 5) -> float:
+    """GFLOP/s of `F.linear` for `[m, k] x [k, n]` (median of `reps` timed runs)."""
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    return gflop_s(lambda: torch.nn.functional.linear(x, w), 2 * m * k * n, reps)
 
 
 def unembed_rate(model: Model, rows: int, reps: int = 5) -> float:
     """GFLOP/s of the model's unembedding of `[rows, d_model]` as the study's forwards
     run it (`backend.fast_unembed`; median of `reps` timed runs)."""
     x = torch.randn(rows, model.cfg.d_model)
-    times = []
     with torch.no_grad(), fast_unembed(model):
-        model.unembed(x)
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            model.unembed(x)
-            times.append(time.perf_counter() - t0)
-    return 2 * rows * model.cfg.d_model * model.cfg.d_vocab / statistics.median(times) / 1e9
+        flop = 2 * rows * model.cfg.d_model * model.cfg.d_vocab
+        return gflop_s(lambda: model.unembed(x), flop, reps)
 
 
 def main() -> int:
